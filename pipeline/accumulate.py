@@ -1,0 +1,163 @@
+"""Worker-side grouping of parsed rows by (date, bucket), so each partition gets few, large files.
+
+Each read task parses its range, sorts it on a small integer key (days × buckets + bucket) and hands the
+sorted slices to the accumulator of its worker. When the buffered Arrow bytes pass the memory budget, the
+accumulator writes one data file per partition and forgets the rows: a worker's memory is bounded by the
+budget, not by the file. The files are committed later by the driver, all in one snapshot.
+
+The accumulator lives on the Dask worker object (one per load and source), so it disappears with the worker;
+the driver checks that every range reached a surviving accumulator and re-reads the ones that did not.
+"""
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from . import stats
+from .bucket import bucket_array
+from .schema import QUARANTINE_SCHEMA
+from .tables import WriteTarget, to_date, write_data_files
+
+
+@dataclass
+class FileRecord:
+    """A written data file and what `stats` needs about it."""
+
+    data_file: object  # pyiceberg DataFile
+    source: str
+    moments: stats.Moments
+
+    def summary(self) -> dict:
+        return {"path": self.data_file.file_path, "source": self.source, "rows": self.data_file.record_count,
+                "bytes": self.data_file.file_size_in_bytes, **self.moments.to_dict()}
+
+
+def sort_by_partition(rows: pa.Table, buckets: int) -> tuple[pa.Table, np.ndarray, np.ndarray]:
+    """Rows sorted by partition, with each group's key and start offset (plus the end)."""
+    days = rows["ad_date"].cast(pa.int32()).to_numpy(zero_copy_only=False).astype(np.int64)
+    bucket = bucket_array(rows["campaign_id"], buckets)
+    bucket = (bucket.to_numpy(zero_copy_only=False) if not isinstance(bucket, pa.ChunkedArray)
+              else bucket.combine_chunks().to_numpy(zero_copy_only=False)).astype(np.int64)
+    key = days * buckets + bucket
+    order = np.argsort(key, kind="stable")
+    key = key[order]
+    rows = rows.take(pa.array(order))
+    starts = np.concatenate(([0], np.flatnonzero(np.diff(key)) + 1, [len(key)])) if len(key) else np.zeros(1, np.int64)
+    return rows, key[starts[:-1]], starts
+
+
+@dataclass
+class Accumulator:
+    load_id: str
+    source: str
+    target: WriteTarget
+    quarantine_target: WriteTarget
+    buckets: int
+    budget: int
+    groups: dict = field(default_factory=dict)  # key -> list of sorted slices
+    quarantine: list = field(default_factory=list)
+    nbytes: int = 0
+    ranges: set = field(default_factory=set)
+    files: list = field(default_factory=list)
+    quarantine_files: list = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def add_range(self, range_key: str, parts: list[pa.Table], quarantine: pa.Table | None) -> bool:
+        """Take a whole range's rows at once (a failed task adds nothing); False if already taken."""
+        with self.lock:
+            if range_key in self.ranges:
+                return False
+            for rows in parts:
+                sorted_rows, keys, starts = sort_by_partition(rows, self.buckets)
+                for k, s, e in zip(keys.tolist(), starts[:-1].tolist(), starts[1:].tolist()):
+                    self.groups.setdefault(k, []).append(sorted_rows.slice(s, e - s))
+                self.nbytes += sorted_rows.nbytes
+            if quarantine is not None and quarantine.num_rows:
+                self.quarantine.append(quarantine)
+                self.nbytes += quarantine.nbytes
+            self.ranges.add(range_key)
+            if self.nbytes >= self.budget:
+                self._flush()
+            return True
+
+    def _flush(self) -> None:
+        groups = []
+        for key in sorted(self.groups):
+            rows = pa.concat_tables(self.groups[key])
+            groups.append(((to_date(key // self.buckets), key % self.buckets), rows))
+        self.groups.clear()
+        if groups:
+            data_files = write_data_files(self.target, groups)
+            for (_, rows), df in zip(groups, data_files):
+                self.files.append(FileRecord(df, self.source, stats.chunk(rows["viewing_percentage"])))
+        if self.quarantine:
+            q = pa.concat_tables(self.quarantine)
+            self.quarantine = []
+            self.quarantine_files.extend(write_data_files(self.quarantine_target, [((self.load_id,), q)]))
+        self.nbytes = 0
+
+    def finish(self) -> dict:
+        with self.lock:
+            self._flush()
+            return {"ranges": sorted(self.ranges), "files": self.files, "quarantine_files": self.quarantine_files}
+
+
+def quarantine_table(load_id: str, source: str, offsets, reasons, lines) -> pa.Table:
+    n = len(offsets)
+    return pa.table([pa.array([load_id] * n, pa.string()), pa.array([source] * n, pa.string()),
+                     pa.array(offsets, pa.int64()), pa.array(reasons, pa.string()), pa.array(lines, pa.binary())],
+                    schema=QUARANTINE_SCHEMA)
+
+
+# ------------------------------------------------------------ the per-worker registry
+
+_LOCAL: dict = {}  # used only outside a Dask worker (tests, synchronous runs)
+_REGISTRY_LOCK = threading.Lock()
+
+
+def _registry() -> dict:
+    try:
+        from distributed import get_worker
+
+        worker = get_worker()
+    except ValueError:
+        return _LOCAL
+    with _REGISTRY_LOCK:
+        if not hasattr(worker, "_impressions_accumulators"):
+            worker._impressions_accumulators = {}
+        return worker._impressions_accumulators
+
+
+def accumulator_for(load_id: str, source_index: int, make) -> Accumulator:
+    reg = _registry()
+    with _REGISTRY_LOCK:
+        key = (load_id, source_index)
+        if key not in reg:
+            reg[key] = make()
+        return reg[key]
+
+
+def finish_load(load_id: str) -> dict:
+    """Flush and hand over everything this worker holds for the load (run once per worker)."""
+    reg = _registry()
+    with _REGISTRY_LOCK:
+        keys = [k for k in reg if k[0] == load_id]
+        accs = [reg.pop(k) for k in keys]
+    out = {}
+    for (lid, source_index), acc in zip(keys, accs):
+        out[source_index] = acc.finish()
+    return out
+
+
+def drop_load(load_id: str) -> int:
+    """Forget a failed load's buffers on this worker."""
+    reg = _registry()
+    with _REGISTRY_LOCK:
+        keys = [k for k in reg if k[0] == load_id]
+        for k in keys:
+            reg.pop(k)
+    return len(keys)

@@ -1,0 +1,188 @@
+"""The `impressions` command line. stdout: JSON lines only; stderr: human text. Exit 0 / 1 load failed / 2 usage."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from .errors import LoadError, UsageError
+from .loads import emit, say
+
+
+def _global_options(p: argparse.ArgumentParser, suppress: bool) -> None:
+    d = argparse.SUPPRESS if suppress else None
+    p.add_argument("--warehouse", default=d, help="local directory or s3:// prefix (default ./warehouse)")
+    p.add_argument("--catalog", default=d, help="SQLAlchemy URI or 'glue' (default sqlite in the warehouse)")
+    p.add_argument("--scheduler", default=d, help="address of a running Dask scheduler (DASK_SCHEDULER_ADDRESS)")
+    p.add_argument("--workers", type=int, default=d, help="LocalCluster worker processes (default 2)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="impressions", description=__doc__)
+    _global_options(parser, suppress=False)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    common = argparse.ArgumentParser(add_help=False)
+    _global_options(common, suppress=True)
+
+    g = sub.add_parser("generate", parents=[common], help="write synthetic impressions and dimension files")
+    g.add_argument("outdir")
+    g.add_argument("--rows", type=int, default=1_000_000)
+    g.add_argument("--days", type=int, default=30)
+    g.add_argument("--campaigns", type=int, default=50)
+    g.add_argument("--changed", type=int, default=3)
+    g.add_argument("--seed", type=int, default=0)
+
+    p = sub.add_parser("partition", parents=[common], help="load gzip CSV sources into a partitioned table")
+    p.add_argument("paths", nargs="+", metavar="SOURCE... TABLE")
+    p.add_argument("--buckets", type=int, default=None, help="bucket count for a new table (default 64)")
+    p.add_argument("--replace", action="store_true", help="replace the rows of sources loaded before")
+
+    s = sub.add_parser("stats", parents=[common], help="rows, rows per file, viewing_percentage mean/std")
+    s.add_argument("table")
+    s.add_argument("--json", action="store_true", help="print the result as the last stdout line")
+    s.add_argument("--recount", action="store_true", help="read every data file and compare with the metadata")
+
+    j = sub.add_parser("join", parents=[common], help="broadcast-join a table with the campaign dimension")
+    j.add_argument("dimension")
+    j.add_argument("source_table")
+    j.add_argument("table")
+    j.add_argument("--full", action="store_true", help="rebuild instead of joining only new source loads")
+
+    u = sub.add_parser("update", parents=[common], help="rewrite only the partitions of changed campaigns")
+    u.add_argument("dimension")
+    u.add_argument("source_table")
+    u.add_argument("table", help="may equal SOURCE_TABLE (in place)")
+    u.add_argument("--full-snapshot", action="store_true", help="the file is the whole dimension now")
+    u.add_argument("--dry-run", action="store_true", help="print the affected partitions, write nothing")
+
+    r = sub.add_parser("run", parents=[common], help="run the steps of a JOB.yaml in order")
+    r.add_argument("job")
+
+    d = sub.add_parser("demo", parents=[common], help="generate data and run the whole pipeline locally")
+    d.add_argument("--rows", type=int, default=3_000_000)
+    d.add_argument("--data", default="demo-data", help="where the generated inputs go")
+    return parser
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.command:
+        parser.print_help(sys.stderr)
+        return 2
+    try:
+        return _dispatch(args) or 0
+    except UsageError as e:
+        say(f"impressions: error: {e}")
+        return 2
+    except LoadError as e:
+        say(f"impressions: load failed: {e}")
+        return 1
+    except KeyboardInterrupt:
+        say("impressions: interrupted; nothing was committed by the interrupted step")
+        return 130
+    except Exception as e:  # noqa: BLE001 - one readable line, never a traceback
+        if os.environ.get("IMPRESSIONS_DEBUG"):
+            raise
+        say(f"impressions: failed: {type(e).__name__}: {e} (set IMPRESSIONS_DEBUG=1 for a traceback)")
+        return 1
+
+
+def _settings(args):
+    from .config import load_settings
+
+    return load_settings(warehouse=args.warehouse, catalog=args.catalog, scheduler=args.scheduler,
+                         workers=args.workers)
+
+
+def _job_settings(args, job: dict):
+    """JOB.yaml may name the warehouse and catalog; CLI options win."""
+    from .config import load_settings
+
+    warehouse = args.warehouse or job.get("warehouse")
+    if warehouse and not args.warehouse and "://" not in warehouse and not os.path.isabs(warehouse) \
+            and "://" not in args.job:
+        warehouse = os.path.join(os.path.dirname(os.path.abspath(args.job)), warehouse)
+    return load_settings(warehouse=warehouse, catalog=args.catalog or job.get("catalog"),
+                         scheduler=args.scheduler, workers=args.workers)
+
+
+def _client(settings):
+    from cluster import connect
+
+    return connect(settings.scheduler, settings.workers, settings.threads_per_worker)
+
+
+def _dispatch(args) -> int:
+    if args.command == "generate":
+        from .generate import generate
+
+        out = generate(args.outdir, rows=args.rows, days=args.days, campaigns=args.campaigns,
+                       changed=args.changed, seed=args.seed)
+        emit({"event": "generated", **out})
+        return 0
+    settings = _settings(args)
+    if args.command == "partition":
+        if len(args.paths) < 2:
+            raise UsageError("partition needs at least one SOURCE and a TABLE")
+        if args.buckets is not None and args.buckets < 1:
+            raise UsageError("--buckets must be at least 1")
+        from .partition import partition
+
+        with _client(settings) as client:
+            partition(client, settings, args.paths[:-1], args.paths[-1], replace=args.replace, buckets=args.buckets)
+        return 0
+    if args.command == "stats":
+        from .table_stats import table_stats
+
+        with _client(settings) as client:
+            result = table_stats(client, settings, args.table, recount=args.recount)
+        _print_stats(result)
+        if args.json:
+            emit(result)
+        if args.recount and not result["recount_matches"]:
+            say("impressions: recount does not match the table metadata")
+            return 1
+        return 0
+    if args.command == "join":
+        from .join import join
+
+        with _client(settings) as client:
+            join(client, settings, args.dimension, args.source_table, args.table, full=args.full)
+        return 0
+    if args.command == "update":
+        from .update import update
+
+        with _client(settings) as client:
+            update(client, settings, args.dimension, args.source_table, args.table,
+                   full_snapshot=args.full_snapshot, dry_run=args.dry_run)
+        return 0
+    if args.command == "run":
+        from .jobfile import read_job, run_steps
+
+        job = read_job(args.job)
+        settings = _job_settings(args, job)
+        base = os.path.dirname(os.path.abspath(args.job)) if "://" not in args.job else args.job.rsplit("/", 1)[0]
+        with _client(settings) as client:
+            results = run_steps(client, settings, job["steps"], base_dir=base)
+        last = results[-1]
+        if "vp_mean" in last:
+            _print_stats(last)
+        emit(last)
+        return 0
+    if args.command == "demo":
+        from .demo import demo
+
+        return demo(settings, rows=args.rows, data_dir=args.data)
+    raise UsageError(f"unknown command {args.command}")
+
+
+def _print_stats(r: dict) -> None:
+    say(f"{r['table']} @ snapshot {r['snapshot_id']}: {r['rows']:,} rows in {len(r['files'])} files")
+    if r["rows"]:
+        say(f"  viewing_percentage mean {r['vp_mean']:.12g}, std (population) {r['vp_std']:.12g}, "
+            f"min {r['vp_min']}, max {r['vp_max']}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,111 @@
+"""Configuration: dask.config defaults shipped as YAML, env overrides, CLI options win.
+
+Resolved once into a frozen `Settings` so the rest of the code never reads globals.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import dask.config
+import yaml
+from dask.utils import parse_bytes
+
+from .errors import UsageError
+
+_DEFAULTS = Path(__file__).with_name("impressions.yaml")
+
+
+def _load_defaults() -> None:
+    with open(_DEFAULTS) as f:
+        defaults = yaml.safe_load(f)
+    dask.config.update_defaults(defaults)
+
+
+_load_defaults()
+
+
+def _bytes(value) -> int:
+    try:
+        return int(parse_bytes(value)) if isinstance(value, str) else int(value)
+    except (ValueError, TypeError) as e:
+        raise UsageError(f"not a byte size: {value!r}") from e
+
+
+@dataclass(frozen=True)
+class ReadSettings:
+    range_size: int
+    index_spacing: int
+    small_file: int
+    block_size: int
+    max_line: int
+    quarantine_line_bytes: int
+
+
+@dataclass(frozen=True)
+class Settings:
+    warehouse: str
+    catalog: str | None
+    namespace: str
+    buckets: int
+    workers: int
+    threads_per_worker: int
+    scheduler: str | None
+    read: ReadSettings
+    memory_budget: int
+    compression: str
+    row_group_rows: int
+    quarantine_table: str
+    dimension_table: str
+    dimension_date_column: str | None
+    dimension_types: dict = field(default_factory=dict)
+
+    def with_overrides(self, **kw) -> "Settings":
+        return replace(self, **{k: v for k, v in kw.items() if v is not None})
+
+
+def load_settings(**overrides) -> Settings:
+    """Read `impressions.*` from dask.config; keyword overrides (CLI options) win when not None."""
+    def get(key):
+        # dask.config.get canonicalizes '-' and '_', so env overrides written either way land here
+        return dask.config.get(f"impressions.{key}")
+
+    scheduler = get("scheduler") or os.environ.get("DASK_SCHEDULER_ADDRESS") or None
+    s = Settings(
+        warehouse=str(get("warehouse")),
+        catalog=get("catalog"),
+        namespace=str(get("namespace")),
+        buckets=int(get("buckets")),
+        workers=int(get("workers")),
+        threads_per_worker=int(get("threads-per-worker")),
+        scheduler=scheduler,
+        read=ReadSettings(
+            range_size=_bytes(get("read.range-size")),
+            index_spacing=_bytes(get("read.index-spacing")),
+            small_file=_bytes(get("read.small-file")),
+            block_size=_bytes(get("read.block-size")),
+            max_line=_bytes(get("read.max-line")),
+            quarantine_line_bytes=_bytes(get("read.quarantine-line-bytes")),
+        ),
+        memory_budget=_bytes(get("write.memory-budget")),
+        compression=str(get("write.compression")),
+        row_group_rows=int(get("write.row-group-rows")),
+        quarantine_table=str(get("tables.quarantine")),
+        dimension_table=str(get("tables.dimension")),
+        dimension_date_column=get("dimension.date-column"),
+        dimension_types=dict(get("dimension.types") or {}),
+    ).with_overrides(**overrides)
+    validate(s)
+    return s
+
+
+def validate(s: Settings) -> None:
+    if not 1 <= s.buckets <= 1_000_000:
+        raise UsageError(f"buckets must be between 1 and 1000000, got {s.buckets}")
+    if s.workers < 1:
+        raise UsageError(f"workers must be at least 1, got {s.workers}")
+    if s.read.block_size < 1024 or s.read.range_size < s.read.block_size:
+        raise UsageError("read.block-size must be >= 1 KiB and <= read.range-size")
+    if s.read.max_line < 1024:
+        raise UsageError("read.max-line must be at least 1 KiB")

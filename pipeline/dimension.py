@@ -1,0 +1,191 @@
+"""The campaign dimension: read and check the CSV, store it as an Iceberg table, diff two versions.
+
+The dimension is small (it fits in the driver's memory) and is broadcast to every worker once.
+Attributes are strings unless `impressions.dimension.types` says otherwise.
+"""
+from __future__ import annotations
+
+import gzip
+import io
+import json
+from dataclasses import dataclass
+
+import pyarrow as pa
+import pyarrow.compute as pc
+from pyarrow import csv as pacsv
+from pyiceberg.io.pyarrow import pyarrow_to_schema
+from pyiceberg.partitioning import UNPARTITIONED_PARTITION_SPEC
+from pyiceberg.table.name_mapping import NameMapping, MappedField
+
+from .commit import props_of
+from .errors import UsageError
+from .parse import parse_date
+from .sources import describe, filesystem
+from .tables import ensure_namespace, replace_contents
+
+KEY = "campaign_id"
+
+
+@dataclass(frozen=True)
+class Dimension:
+    rows: pa.Table  # key column(s) first, then attributes, all non-key columns nullable
+    keys: tuple[str, ...]  # ("campaign_id",) or (date_column, "campaign_id")
+    source: dict | None = None
+
+    @property
+    def attributes(self) -> list[str]:
+        return [c for c in self.rows.column_names if c not in self.keys]
+
+
+def _arrow_type(name: str) -> pa.DataType:
+    try:
+        return pa.type_for_alias(name)
+    except (ValueError, KeyError):
+        raise UsageError(f"unknown type {name!r} in impressions.dimension.types") from None
+
+
+def read_dimension(url: str, date_column: str | None = None, types: dict | None = None) -> Dimension:
+    """Read a dimension CSV (gz or plain, with a header) and check its key."""
+    source = describe(url)
+    fs, path = filesystem(url)
+    with fs.open(path, "rb") as f:
+        data = f.read()
+    if data[:2] == b"\x1f\x8b":
+        try:
+            data = gzip.decompress(data)
+        except (OSError, EOFError) as e:
+            raise UsageError(f"dimension {url}: corrupt gzip ({e})") from None
+    if data.startswith(b"\xef\xbb\xbf"):
+        data = data[3:]
+    try:
+        names = pacsv.open_csv(io.BytesIO(data)).schema.names
+    except (pa.ArrowInvalid, UnicodeDecodeError) as e:
+        raise UsageError(f"dimension {url} is not a CSV file with a header: {e}") from None
+    if KEY not in names:
+        raise UsageError(f"dimension {url} has no {KEY} column (columns: {', '.join(names)})")
+    if date_column and date_column not in names:
+        raise UsageError(f"dimension {url} has no date column {date_column!r} (impressions.dimension.date-column)")
+    types = dict(types or {})
+    column_types = {n: (_arrow_type(types[n]) if n in types else pa.string()) for n in names}
+    column_types[KEY] = pa.string()
+    if date_column:
+        column_types[date_column] = pa.string()
+    try:
+        t = pacsv.read_csv(io.BytesIO(data), convert_options=pacsv.ConvertOptions(
+            column_types=column_types, strings_can_be_null=True, null_values=[""]))
+    except pa.ArrowInvalid as e:
+        raise UsageError(f"dimension {url}: {e}") from None
+    keys = (KEY,)
+    if date_column:
+        dates = [parse_date(s) if s is not None else None for s in t[date_column].to_pylist()]
+        if any(d is None for d in dates):
+            bad = next(s for s, d in zip(t[date_column].to_pylist(), dates) if d is None)
+            raise UsageError(f"dimension {url}: bad date {bad!r} in column {date_column} (MM/DD/YYYY)")
+        t = t.set_column(t.schema.get_field_index(date_column), date_column, pa.array(dates, pa.date32()))
+        keys = (date_column, KEY)
+    if t[KEY].null_count:
+        raise UsageError(f"dimension {url}: empty {KEY} in {t[KEY].null_count} row(s)")
+    _check_unique(t, keys, url)
+    order = list(keys) + [c for c in t.column_names if c not in keys]
+    return Dimension(t.select(order), keys, source.to_dict())
+
+
+def _check_unique(t: pa.Table, keys, url: str) -> None:
+    counts = t.group_by(list(keys)).aggregate([([], "count_all")])
+    dup = counts.filter(pc.greater(counts["count_all"], 1))
+    if dup.num_rows:
+        sample = ", ".join(str(tuple(r[k] for k in keys) if len(keys) > 1 else r[keys[0]])
+                           for r in dup.slice(0, 5).to_pylist())
+        raise UsageError(f"dimension {url}: duplicate {'/'.join(keys)} in {dup.num_rows} key(s), e.g. {sample}")
+
+
+# ------------------------------------------------------------------ versions and diffs
+
+def upsert(old: Dimension, new: Dimension, full_snapshot: bool) -> Dimension:
+    """The dimension after applying an update file (changed or new rows), or the file itself as a snapshot."""
+    if full_snapshot or old is None:
+        return new
+    if list(new.keys) != list(old.keys):
+        raise UsageError(f"the update is keyed by {new.keys}, the stored dimension by {old.keys}")
+    columns = list(old.rows.column_names) + [c for c in new.rows.column_names if c not in old.rows.column_names]
+    old_rows = _with_columns(old.rows, columns)
+    new_rows = _with_columns(new.rows, columns)
+    new_keys = _key_strings(new_rows, new.keys)
+    keep = pc.invert(pc.is_in(_key_strings(old_rows, old.keys), value_set=new_keys))
+    merged = pa.concat_tables([old_rows.filter(keep), new_rows.cast(old_rows.schema)])
+    return Dimension(merged, old.keys, new.source)
+
+
+def _with_columns(t: pa.Table, columns: list[str]) -> pa.Table:
+    for c in columns:
+        if c not in t.column_names:
+            t = t.append_column(c, pa.nulls(t.num_rows, pa.string()))
+    return t.select(columns)
+
+
+def _key_strings(t: pa.Table, keys) -> pa.Array:
+    parts = [pc.cast(t[k], pa.string()) for k in keys]
+    return pc.binary_join_element_wise(*parts, "\x1f") if len(parts) > 1 else parts[0].combine_chunks()
+
+
+def changed_keys(old: Dimension | None, new: Dimension) -> pa.Table:
+    """Keys whose attributes differ between two full dimension versions (added, changed or removed)."""
+    if old is None:
+        return new.rows.select(list(new.keys))
+    columns = [c for c in dict.fromkeys(old.rows.column_names + new.rows.column_names)]
+    a = _with_columns(old.rows, columns)
+    b = _with_columns(new.rows, columns).cast(a.schema)
+    ka, kb = _key_strings(a, old.keys).to_pylist(), _key_strings(b, new.keys).to_pylist()
+    rows_a = dict(zip(ka, a.to_pylist()))
+    rows_b = dict(zip(kb, b.to_pylist()))
+    changed = [k for k in rows_a.keys() | rows_b.keys() if rows_a.get(k) != rows_b.get(k)]
+    source = {k: (rows_b.get(k) or rows_a.get(k)) for k in changed}
+    return pa.Table.from_pylist([{key: source[k][key] for key in new.keys} for k in sorted(changed)],
+                                schema=pa.schema([a.schema.field(key) for key in new.keys]))
+
+
+# ------------------------------------------------------------------ the stored dimension table
+
+def _iceberg_schema(rows: pa.Table):
+    mapping = NameMapping([MappedField(field_id=i + 1, names=[n]) for i, n in enumerate(rows.column_names)])
+    return pyarrow_to_schema(rows.schema, name_mapping=mapping)
+
+
+def store(catalog, ident: tuple[str, str], dim: Dimension, load_id: str, stage: str) -> int:
+    """Write the dimension as the table's new snapshot (overwrite); returns the snapshot id."""
+    from pyiceberg.exceptions import NoSuchTableError
+
+    ensure_namespace(catalog, ident[0])
+    try:
+        table = catalog.load_table(ident)
+    except NoSuchTableError:
+        table = catalog.create_table(ident, schema=_iceberg_schema(dim.rows),
+                                     partition_spec=UNPARTITIONED_PARTITION_SPEC,
+                                     properties={"format-version": "2", "impressions.keys": json.dumps(dim.keys)})
+    current = {f.name for f in table.schema().fields}
+    new_cols = [c for c in dim.rows.column_names if c not in current]
+    if new_cols:
+        with table.update_schema() as u:
+            for c in new_cols:
+                u.union_by_name(_iceberg_schema(dim.rows.select([c])))
+        table = table.refresh()
+    rows = _with_columns(dim.rows, [f.name for f in table.schema().fields])
+    props = {"impressions.load-id": load_id, "impressions.stage": stage,
+             "impressions.sources": json.dumps([dim.source] if dim.source else [])}
+    return replace_contents(table, rows, props).current_snapshot().snapshot_id
+
+
+def load_version(catalog, ident: tuple[str, str], snapshot_id: int | None = None) -> Dimension | None:
+    """A stored dimension version (the current one by default); None if there is none."""
+    from pyiceberg.exceptions import NoSuchTableError
+
+    try:
+        table = catalog.load_table(ident)
+    except NoSuchTableError:
+        return None
+    if table.current_snapshot() is None:
+        return None
+    rows = table.scan(snapshot_id=snapshot_id).to_arrow()
+    keys = tuple(json.loads(table.properties.get("impressions.keys", json.dumps([KEY]))))
+    # drop columns that were all-null additions of later versions
+    return Dimension(rows, keys, None)

@@ -1,0 +1,132 @@
+"""Seek-point indexes of gzip streams, so many tasks can read one gzip file at once.
+
+One index pass per file (a Dask task) inflates the whole stream with rapidgzip, which checks every member's
+CRC and size, and exports an indexed_gzip-format ("GZIDX" v1) index. The index is cached under the warehouse,
+keyed by the source fingerprint, because input buckets may be read-only. A read task needs only the one seek
+point where its range starts: `sub_index` cuts a one-point index (≈32 KiB) out of the cached file with a ranged
+read, so per-task overhead does not grow with the file.
+"""
+from __future__ import annotations
+
+import io
+import struct
+from dataclasses import dataclass
+
+import rapidgzip
+
+from .errors import LoadError
+from .sources import Source, filesystem, is_remote
+
+_MAGIC = b"GZIDX\x01"
+_HEADER = struct.Struct("<QQIII")  # compressed size, uncompressed size, spacing, window size, points
+_POINT = struct.Struct("<QQBB")  # compressed byte offset, uncompressed offset, bits, has-window flag
+
+
+@dataclass(frozen=True)
+class SeekPoint:
+    compressed: int
+    uncompressed: int
+    bits: int
+    window_offset: int  # byte offset of this point's window in the cached index file (-1: no window)
+
+
+@dataclass(frozen=True)
+class GzipIndex:
+    """What the driver needs to plan ranges: the points, and where their windows live."""
+
+    cache_url: str
+    flags: int
+    compressed_size: int
+    uncompressed_size: int
+    spacing: int
+    window_size: int
+    points: tuple[SeekPoint, ...]
+
+
+def cache_url(warehouse: str, source: Source) -> str:
+    return f"{warehouse.rstrip('/')}/_cache/gzindex/{source.fingerprint}.gzidx"
+
+
+def parse_index(data: bytes, url: str) -> GzipIndex:
+    """Parse the GZIDX header and point table (windows stay in the file)."""
+    if data[:6] != _MAGIC:
+        raise ValueError(f"not a GZIDX v1 index: {url}")
+    flags = data[6]
+    csize, usize, spacing, wsize, npoints = _HEADER.unpack_from(data, 7)
+    offset = 7 + _HEADER.size
+    raw = []
+    for _ in range(npoints):
+        raw.append(_POINT.unpack_from(data, offset))
+        offset += _POINT.size
+    points = []
+    for c, u, bits, has_window in raw:
+        points.append(SeekPoint(c, u, bits, offset if has_window else -1))
+        offset += wsize if has_window else 0
+    if offset != len(data):
+        raise ValueError(f"index {url} has {len(data)} bytes, expected {offset}")
+    return GzipIndex(url, flags, csize, usize, spacing, wsize, tuple(points))
+
+
+def sub_index(index: GzipIndex, point: SeekPoint) -> bytes:
+    """A one-point GZIDX index: enough for rapidgzip to seek to `point` and inflate onwards."""
+    window = b""
+    if point.window_offset >= 0:
+        fs, path = filesystem(index.cache_url)
+        window = fs.cat_file(path, start=point.window_offset, end=point.window_offset + index.window_size)
+    return b"".join([
+        _MAGIC,
+        bytes([index.flags]),
+        _HEADER.pack(index.compressed_size, index.uncompressed_size, index.spacing, index.window_size, 1),
+        _POINT.pack(point.compressed, point.uncompressed, point.bits, 1 if window else 0),
+        window,
+    ])
+
+
+def _open_rapidgzip(source: Source, **kw):
+    target = source.open() if is_remote(source.url) else filesystem(source.url)[1]
+    return rapidgzip._RapidgzipFile(target, **kw)
+
+
+def build_index(source: Source, warehouse: str, spacing: int) -> GzipIndex:
+    """The index pass (runs as a task): inflate everything, check CRCs and completeness, cache the index."""
+    url = cache_url(warehouse, source)
+    fs, path = filesystem(url)
+    if fs.exists(path):
+        return parse_index(fs.cat_file(path), url)
+    reader = _open_rapidgzip(source, parallelization=1, chunk_size=spacing)
+    try:
+        buf = bytearray(4 << 20)
+        while reader.readinto(buf):
+            pass
+        offsets = reader.block_offsets()
+        exported = io.BytesIO()
+        reader.export_index(exported)
+    except (ValueError, RuntimeError) as e:
+        raise LoadError(f"{source.url}: corrupt gzip stream ({e})") from None
+    finally:
+        reader.close()
+    end_bits = max(offsets) if offsets else 0
+    if end_bits != 8 * source.size:
+        raise LoadError(
+            f"{source.url}: gzip stream ends at byte {end_bits // 8} of {source.size}: "
+            "the file is truncated or has trailing garbage"
+        )
+    data = exported.getvalue()
+    index = parse_index(data, url)  # validate before caching
+    fs.makedirs(fs._parent(path), exist_ok=True)
+    with fs.open(path + ".tmp", "wb") as f:
+        f.write(data)
+    fs.mv(path + ".tmp", path)
+    return index
+
+
+def open_at(source: Source, index: GzipIndex, point: SeekPoint):
+    """A rapidgzip reader positioned at `point`, knowing only that one seek point."""
+    reader = _open_rapidgzip(source, parallelization=1)
+    try:
+        reader.import_index(io.BytesIO(sub_index(index, point)))
+        reader.seek(point.uncompressed)
+    except Exception:
+        reader.close()
+        raise
+    return reader

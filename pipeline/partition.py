@@ -1,0 +1,250 @@
+"""The partition stage: gzip sources → parsed rows → (date, bucket) partitions → one Iceberg snapshot.
+
+Driver side: plan (index passes as tasks, then byte ranges as plain data), submit one read task per range,
+collect every worker's files, check that every line is accounted for, commit once. Worker side: `read_range`
+reads exactly the lines its range owns, parses them and hands them to the worker's accumulator.
+"""
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from dataclasses import dataclass, field
+
+import pyarrow as pa
+from distributed import Client, as_completed
+
+from . import stats
+from .commit import commit_partition, committed_sources
+from .accumulate import Accumulator, accumulator_for, drop_load, finish_load, quarantine_table
+from .config import Settings
+from .errors import LoadError, UsageError
+from .gzindex import build_index
+from .loads import Load, load_id, say
+from .parse import parse_block
+from .ranges import ByteRange, LongLine, open_range, owned_blocks, plan_indexed, plan_plain
+from .sources import Source, describe, is_gzip
+from .tables import (QUARANTINE_ICEBERG, QUARANTINE_SPEC, WriteTarget, bucket_count, create_or_load, fact_schema,
+                     fact_spec, open_catalog, qualified, table_name)
+
+STAGE = "partition"
+
+
+# ------------------------------------------------------------------ worker side
+
+@dataclass
+class RangeResult:
+    key: str
+    lines: int = 0
+    written: int = 0
+    quarantine: dict = field(default_factory=dict)
+    uncompressed: int = 0
+
+
+def read_range(source: Source, r: ByteRange, load: str, target: WriteTarget, qtarget: WriteTarget,
+               settings: Settings) -> RangeResult:
+    """Read, parse and hand over one range; returns only counts."""
+    rs = settings.read
+    result = RangeResult(r.key)
+    parts, q_off, q_reason, q_line = [], [], [], []
+    stream = open_range(source, r)
+    try:
+        for item in owned_blocks(stream, r.start, r.end, rs.block_size, rs.max_line, rs.quarantine_line_bytes):
+            if isinstance(item, LongLine):
+                result.lines += 1
+                q_off.append(item.offset), q_reason.append("line_too_long"), q_line.append(item.prefix)
+                continue
+            offset, block = item
+            result.uncompressed += len(block)
+            parsed = parse_block(block, offset, rs.quarantine_line_bytes)
+            result.lines += parsed.lines
+            if parsed.rows.num_rows:
+                parts.append(parsed.rows)
+            q_off += parsed.bad_offsets
+            q_reason += parsed.bad_reasons
+            q_line += parsed.bad_lines
+    except EOFError as e:
+        raise LoadError(f"{source.url}: truncated gzip stream ({e})") from None
+    except (OSError, ValueError, RuntimeError) as e:
+        if "gzip" in str(e).lower() or "crc" in str(e).lower() or isinstance(e, (EOFError,)):
+            raise LoadError(f"{source.url}: corrupt gzip stream ({e})") from None
+        raise
+    finally:
+        stream.close()
+    result.written = sum(p.num_rows for p in parts)
+    for reason in q_reason:
+        result.quarantine[reason] = result.quarantine.get(reason, 0) + 1
+    quarantine = quarantine_table(load, source.url, q_off, q_reason, q_line) if q_off else None
+    acc = accumulator_for(load, r.source_index, lambda: Accumulator(
+        load, source.url, target, qtarget, bucket_count_of(target), settings.memory_budget))
+    acc.add_range(r.key, parts, quarantine)
+    return result
+
+
+def bucket_count_of(target: WriteTarget) -> int:
+    from pyiceberg.transforms import BucketTransform
+
+    for f in target.metadata.spec().fields:
+        if isinstance(f.transform, BucketTransform):
+            return f.transform.num_buckets
+    raise ValueError("table is not bucketed")
+
+
+# ------------------------------------------------------------------ driver side
+
+def plan_sources(client: Client, sources: list[Source], settings: Settings) -> list[ByteRange]:
+    """Index passes for big gzip files run as tasks in parallel; then every source is cut into ranges."""
+    rs = settings.read
+    kinds = client.gather([client.submit(is_gzip, s, pure=False) for s in sources])
+    index_futures = {}
+    for i, (s, gz) in enumerate(zip(sources, kinds)):
+        if gz and s.size >= rs.small_file:
+            index_futures[i] = client.submit(build_index, s, settings.warehouse, rs.index_spacing,
+                                             key=f"gzindex-{s.fingerprint}", retries=0)
+    if index_futures:
+        say(f"index pass over {len(index_futures)} gzip file(s)...")
+    ranges = []
+    for i, (s, gz) in enumerate(zip(sources, kinds)):
+        if i in index_futures:
+            ranges += plan_indexed(i, index_futures[i].result(), rs.range_size)
+        elif gz:
+            ranges.append(ByteRange(i, 0, 0, None, "stream"))
+        else:
+            ranges += plan_plain(i, s.size, rs.range_size)
+    return ranges
+
+
+def partition(client: Client, settings: Settings, source_urls: list[str], table_arg: str,
+              replace: bool = False, buckets: int | None = None) -> dict:
+    """Run the partition stage; returns the final load record (raises LoadError after a FAILED line)."""
+    ident = table_name(table_arg, settings.namespace)
+    sources = [describe(u) for u in source_urls]
+    if len({s.url for s in sources}) != len(sources):
+        raise UsageError("the same source is given twice")
+    catalog = open_catalog(settings.warehouse, settings.catalog)
+    table = create_or_load(catalog, ident, fact_schema(), fact_spec(buckets or settings.buckets))
+    n_buckets = bucket_count(table)
+    if buckets is not None and buckets != n_buckets:
+        raise UsageError(f"{qualified(ident)} has {n_buckets} buckets, fixed when it was created (--buckets {buckets})")
+    qtable = create_or_load(catalog, (ident[0], settings.quarantine_table), QUARANTINE_ICEBERG, QUARANTINE_SPEC)
+
+    lid = load_id(STAGE, qualified(ident), [s.fingerprint for s in sources])
+    load = Load(STAGE, qualified(ident), lid, [s.to_dict() for s in sources])
+    done = committed_sources(table)
+    todo = [s for s in sources if replace or s.fingerprint not in done]
+    if not todo:
+        return load.finish("SKIPPED", rows_read=0, rows_written=0, rows_quarantined=0, quarantine={},
+                           files_written=0, bytes_written=0, skipped_sources=[s.url for s in sources])
+    skipped = [s.url for s in sources if s not in todo]
+    if skipped:
+        say(f"already loaded, skipped: {', '.join(skipped)}")
+    load.status("RUNNING", sources=[s.url for s in todo])
+    try:
+        record = _run(client, settings, table, qtable, todo, load, replace)
+    except Exception as e:  # report, then let the CLI map it to an exit code
+        client.run(drop_load, lid)
+        load.finish("FAILED", error=str(e))
+        if isinstance(e, (LoadError, UsageError)):
+            raise
+        raise LoadError(f"{type(e).__name__}: {e}") from e
+    if skipped:
+        record["skipped_sources"] = skipped
+    return record
+
+
+def _run(client, settings, table, qtable, sources, load: Load, replace: bool) -> dict:
+    target, qtarget = WriteTarget.of(table), WriteTarget.of(qtable)
+    ranges = plan_sources(client, sources, settings)
+    say(f"{len(ranges)} read task(s) over {len(sources)} source(s); dashboard: {client.dashboard_link}")
+    results = _read_all(client, sources, ranges, load.load_id, target, qtarget, settings)
+
+    files, qfiles, seen = [], [], {}
+    for attempt in range(3):
+        holders = list(client.scheduler_info(n_workers=-1)["workers"])
+        handed = client.gather([client.submit(finish_load, load.load_id, workers=[w], allow_other_workers=False,
+                                              pure=False) for w in holders])
+        for by_source in handed:
+            for src_index, part in by_source.items():
+                files += part["files"]
+                qfiles += part["quarantine_files"]
+                for key in part["ranges"]:
+                    if key in seen:
+                        raise LoadError(f"range {key} was read twice; nothing committed")
+                    seen[key] = True
+        missing = [r for r in ranges if r.key not in seen]
+        if not missing:
+            break
+        say(f"{len(missing)} range(s) were lost with a worker; reading them again")
+        results.update(_read_all(client, sources, missing, load.load_id, target, qtarget, settings))
+    else:
+        raise LoadError(f"{len(missing)} range(s) could not be read after 3 attempts")
+
+    rows_read = sum(r.lines for r in results.values())
+    written = sum(f.data_file.record_count for f in files)
+    quarantine = {}
+    for r in results.values():
+        for k, v in r.quarantine.items():
+            quarantine[k] = quarantine.get(k, 0) + v
+    quarantined = sum(quarantine.values())
+    if written != rows_read - quarantined or written != sum(r.written for r in results.values()):
+        raise LoadError(f"row accounting mismatch: read {rows_read}, written {written}, quarantined {quarantined}")
+
+    commit_partition(table, qtable, files, qfiles, sources, load, replace)
+    return load.finish(
+        "SUCCEEDED", rows_read=rows_read, rows_written=written, rows_quarantined=quarantined,
+        quarantine=dict(sorted(quarantine.items())), files_written=len(files),
+        bytes_written=sum(f.data_file.file_size_in_bytes for f in files),
+        vp_std=stats.summary(stats.tree_reduce([f.moments for f in files]))["vp_std"],
+    )
+
+
+def _read_all(client, sources, ranges, lid, target, qtarget, settings) -> dict:
+    futures = [client.submit(read_range, sources[r.source_index], r, lid, target, qtarget, settings,
+                             key=f"read-{lid}-{r.key}-{uuid.uuid4().hex[:6]}", retries=1) for r in ranges]
+    results = {}
+    progress = Progress(len(futures), "read")
+    for fut in as_completed(futures):
+        try:
+            res = fut.result()
+        except LoadError:
+            for f in futures:
+                f.cancel()
+            raise
+        results[res.key] = res
+        progress.step(res.uncompressed)
+    progress.close()
+    return results
+
+
+class Progress:
+    """A one-line progress counter on stderr (redrawn on a TTY, every 10 % otherwise)."""
+
+    def __init__(self, total: int, label: str):
+        import sys
+
+        self.total, self.label, self.done, self.bytes = total, label, 0, 0
+        self.tty = sys.stderr.isatty()
+        self.t0 = time.monotonic()
+        self.last_pct = -1
+
+    def step(self, nbytes: int = 0) -> None:
+        import sys
+
+        self.done += 1
+        self.bytes += nbytes
+        pct = int(100 * self.done / max(1, self.total))
+        rate = self.bytes / max(1e-9, time.monotonic() - self.t0) / 1e6
+        line = f"{self.label}: {self.done}/{self.total} tasks ({pct}%), {self.bytes / 1e9:.2f} GB, {rate:.0f} MB/s"
+        if self.tty:
+            sys.stderr.write("\r" + line)
+            sys.stderr.flush()
+        elif pct // 10 != self.last_pct // 10 or self.done == self.total:
+            sys.stderr.write(line + "\n")
+        self.last_pct = pct
+
+    def close(self) -> None:
+        import sys
+
+        if self.tty:
+            sys.stderr.write("\n")
+

@@ -1,0 +1,146 @@
+"""Plan a source into byte ranges of its uncompressed stream, and read exactly the lines a range owns.
+
+Ownership rule (every line exactly once, whatever the range boundaries): range [s, e) owns the first line of
+the stream if s == 0, and every line that starts right after a newline at a position t with s <= t < e. A task
+therefore never reads before s (a gzip seek point), and reads past e only to finish the line it owns there.
+Lines longer than `max_line` are never held whole: they are cut, quarantined as `line_too_long`, and skipped.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator
+
+from .gzindex import GzipIndex, SeekPoint, open_at
+
+BOM = b"\xef\xbb\xbf"
+
+
+@dataclass(frozen=True)
+class ByteRange:
+    """A unit of read work, plain data planned on the driver before any task runs."""
+
+    source_index: int  # position of the source in the load
+    number: int  # position of the range within its source
+    start: int  # uncompressed offsets [start, end); end None = to the end of the stream
+    end: int | None
+    mode: str  # "indexed" (gzip + seek point), "stream" (whole gzip, ISA-L) or "plain" (uncompressed file)
+    index: GzipIndex | None = None
+    point: SeekPoint | None = None
+
+    @property
+    def key(self) -> str:
+        return f"{self.source_index}:{self.number}"
+
+
+def plan_indexed(source_index: int, index: GzipIndex, range_size: int) -> list[ByteRange]:
+    """Group consecutive seek points into ranges of about `range_size` uncompressed bytes."""
+    points = [p for p in index.points if p.uncompressed < index.uncompressed_size]
+    if not points:  # an empty stream still gets one (empty) range, so it is accounted for
+        return [ByteRange(source_index, 0, 0, None, "stream")]
+    starts = [points[0]]
+    for p in points[1:]:
+        if p.uncompressed - starts[-1].uncompressed >= range_size:
+            starts.append(p)
+    ranges = []
+    for i, p in enumerate(starts):
+        end = starts[i + 1].uncompressed if i + 1 < len(starts) else None
+        ranges.append(ByteRange(source_index, i, p.uncompressed, end, "indexed", index, p))
+    return ranges
+
+
+def plan_plain(source_index: int, size: int, range_size: int) -> list[ByteRange]:
+    n = max(1, -(-size // range_size))
+    return [
+        ByteRange(source_index, i, i * range_size, (i + 1) * range_size if i + 1 < n else None, "plain")
+        for i in range(n)
+    ]
+
+
+def open_range(source, r: ByteRange):
+    """A binary stream positioned at r.start."""
+    if r.mode == "indexed":
+        if r.start == 0:
+            from .gzindex import _open_rapidgzip
+
+            return _open_rapidgzip(source, parallelization=1)
+        return open_at(source, r.index, r.point)
+    if r.mode == "stream":
+        from isal import igzip
+
+        return igzip.GzipFile(fileobj=source.open(), mode="rb")
+    f = source.open()
+    f.seek(r.start)
+    return f
+
+
+@dataclass
+class LongLine:
+    offset: int
+    prefix: bytes
+
+
+def owned_blocks(stream, start: int, end: int | None, block_size: int, max_line: int,
+                 keep_bytes: int = 65536) -> Iterator[tuple[int, bytes] | LongLine]:
+    """Yield (offset, bytes of complete owned lines) blocks, or LongLine markers, from a stream at `start`.
+
+    The last line of the stream may lack its newline; it is yielded as is.
+    """
+    end = float("inf") if end is None else end
+    read = stream.read
+    pos = start  # stream offset of buf[0]
+    buf = b""
+    if start == 0:
+        buf = read(block_size)
+        if buf.startswith(BOM):
+            buf, pos = buf[3:], 3
+    else:
+        # Skip to just after the first newline at a position in [start, end); none means we own nothing.
+        while True:
+            chunk = read(block_size)
+            if not chunk:
+                return
+            limit = min(len(chunk), int(end - pos)) if end != float("inf") else len(chunk)
+            i = chunk.find(b"\n", 0, limit)
+            if i >= 0:
+                buf, pos = chunk[i + 1:], pos + i + 1
+                break
+            if pos + len(chunk) >= end:
+                return
+            pos += len(chunk)
+    while True:
+        # The line owned last is the one that starts at or before `end`: it ends at the first newline >= end.
+        j = buf.find(b"\n", max(0, int(min(end, pos + len(buf)) - pos))) if end != float("inf") else -1
+        if j >= 0:
+            if j > 0 or buf:
+                yield pos, buf[: j + 1]
+            return
+        k = buf.rfind(b"\n")
+        if k >= 0:
+            yield pos, buf[: k + 1]
+            pos, buf = pos + k + 1, buf[k + 1:]
+        if len(buf) > max_line:
+            # Quarantine the line by its prefix and discard the rest of it without buffering.
+            yield LongLine(pos, bytes(buf[:keep_bytes]))
+            line_start = pos
+            pos += len(buf)
+            buf = b""
+            while True:
+                chunk = read(block_size)
+                if not chunk:
+                    return
+                i = chunk.find(b"\n")
+                if i >= 0:
+                    pos += i + 1
+                    buf = chunk[i + 1:]
+                    if pos - 1 >= end:  # the long line's newline lies past the range: it was our last line
+                        return
+                    break
+                pos += len(chunk)
+            del line_start
+            continue
+        chunk = read(block_size)
+        if not chunk:
+            if buf:
+                yield pos, buf
+            return
+        buf = buf + chunk

@@ -1,0 +1,220 @@
+"""Iceberg tables through pyiceberg: the catalog, table names, schemas, and the one adapter around the
+private write API (pin pyiceberg==0.12.*; if it breaks, only this module changes).
+
+Workers write data files in parallel with `write_data_files`; the driver commits them in one snapshot.
+"""
+from __future__ import annotations
+
+import os
+import uuid
+from dataclasses import dataclass
+from datetime import date
+
+import pyarrow as pa
+from pyiceberg.catalog import Catalog
+from pyiceberg.exceptions import NamespaceAlreadyExistsError, NoSuchTableError, TableAlreadyExistsError
+from pyiceberg.io import load_file_io
+from pyiceberg.io.pyarrow import write_file
+from pyiceberg.partitioning import PartitionField, PartitionFieldValue, PartitionKey, PartitionSpec
+from pyiceberg.schema import Schema
+from pyiceberg.table import Table, WriteTask
+from pyiceberg.table.metadata import TableMetadata
+from pyiceberg.transforms import BucketTransform, IdentityTransform
+from pyiceberg.types import BinaryType, DateType, DoubleType, LongType, NestedField, StringType
+
+from .errors import UsageError
+from .sources import is_remote
+
+CATALOG_NAME = "impressions"
+TABLE_PROPERTIES = {
+    "format-version": "2",
+    "write.parquet.compression-codec": "zstd",
+    "commit.retry.num-retries": "0",  # we retry ourselves, re-planning against the new snapshot
+}
+
+
+# ---------------------------------------------------------------- names and catalog
+
+def table_name(name: str, namespace: str = "impressions") -> tuple[str, str]:
+    """`FACT_PARTITIONED`, `ns.NAME` or `tables/FACT_PARTITIONED` → ("impressions", "fact_partitioned")."""
+    name = name.strip().rstrip("/").rsplit("/", 1)[-1].lower()
+    if "." in name:
+        namespace, name = name.rsplit(".", 1)
+    if not name or not name.replace("_", "").isalnum() or not namespace.replace("_", "").isalnum():
+        raise UsageError(f"invalid table name {name!r}: use letters, digits and underscores (NAME or ns.NAME)")
+    return namespace.lower(), name
+
+
+def qualified(ident: tuple[str, str]) -> str:
+    return ".".join(ident)
+
+
+def catalog_properties(warehouse: str) -> dict:
+    props = {"warehouse": warehouse}
+    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    if endpoint:
+        props["s3.endpoint"] = endpoint
+    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+    if region:
+        props["s3.region"] = region
+        props["glue.region"] = region
+    return props
+
+
+def open_catalog(warehouse: str, catalog: str | None) -> Catalog:
+    """SQL catalog (sqlite inside a local warehouse by default) or AWS Glue."""
+    props = catalog_properties(warehouse)
+    if catalog is None:
+        if is_remote(warehouse):
+            raise UsageError("an s3:// warehouse needs --catalog (a SQLAlchemy URI or 'glue')")
+        os.makedirs(warehouse, exist_ok=True)
+        catalog = f"sqlite:///{os.path.abspath(warehouse)}/catalog.db"
+        props["warehouse"] = "file://" + os.path.abspath(warehouse)
+    elif not is_remote(warehouse):
+        os.makedirs(warehouse, exist_ok=True)
+        props["warehouse"] = "file://" + os.path.abspath(warehouse)
+    if catalog == "glue":
+        from pyiceberg.catalog.glue import GlueCatalog
+
+        endpoint = os.environ.get("AWS_ENDPOINT_URL_GLUE") or os.environ.get("AWS_ENDPOINT_URL")
+        if endpoint:
+            props["glue.endpoint"] = endpoint
+        return GlueCatalog(CATALOG_NAME, **props)
+    if "://" not in catalog:
+        raise UsageError(f"--catalog must be a SQLAlchemy URI (sqlite:///..., postgresql://...) or 'glue', got {catalog!r}")
+    from pyiceberg.catalog.sql import SqlCatalog
+
+    return SqlCatalog(CATALOG_NAME, uri=catalog, **props)
+
+
+def ensure_namespace(catalog: Catalog, namespace: str) -> None:
+    try:
+        catalog.create_namespace(namespace)
+    except NamespaceAlreadyExistsError:
+        pass
+
+
+def load_table(catalog: Catalog, ident: tuple[str, str]) -> Table:
+    try:
+        return catalog.load_table(ident)
+    except NoSuchTableError:
+        raise UsageError(f"table {qualified(ident)} does not exist") from None
+
+
+def create_or_load(catalog: Catalog, ident: tuple[str, str], schema: Schema, spec: PartitionSpec) -> Table:
+    ensure_namespace(catalog, ident[0])
+    try:
+        return catalog.load_table(ident)
+    except NoSuchTableError:
+        pass
+    try:
+        return catalog.create_table(ident, schema=schema, partition_spec=spec, properties=TABLE_PROPERTIES)
+    except TableAlreadyExistsError:  # created concurrently
+        return catalog.load_table(ident)
+
+
+# ---------------------------------------------------------------- schemas
+
+def fact_schema(extra_columns: list[tuple[str, object]] = ()) -> Schema:
+    fields = [
+        NestedField(1, "ad_date", DateType(), required=False),
+        NestedField(2, "impression_id", LongType(), required=False),
+        NestedField(3, "campaign_id", StringType(), required=False),
+        NestedField(4, "video_id", StringType(), required=False),
+        NestedField(5, "viewing_percentage", DoubleType(), required=False),
+    ]
+    for i, (name, typ) in enumerate(extra_columns):
+        fields.append(NestedField(6 + i, name, typ, required=False))
+    return Schema(*fields)
+
+
+def fact_spec(buckets: int) -> PartitionSpec:
+    return PartitionSpec(
+        PartitionField(source_id=1, field_id=1000, transform=IdentityTransform(), name="ad_date"),
+        PartitionField(source_id=3, field_id=1001, transform=BucketTransform(buckets), name="campaign_id_bucket"),
+    )
+
+
+def bucket_count(table: Table) -> int:
+    for f in table.spec().fields:
+        if isinstance(f.transform, BucketTransform):
+            return f.transform.num_buckets
+    raise UsageError(f"table {table.name()} is not bucketed on campaign_id")
+
+
+QUARANTINE_ICEBERG = Schema(
+    NestedField(1, "load_id", StringType(), required=False),
+    NestedField(2, "source", StringType(), required=False),
+    NestedField(3, "byte_offset", LongType(), required=False),
+    NestedField(4, "reason", StringType(), required=False),
+    NestedField(5, "line", BinaryType(), required=False),
+)
+QUARANTINE_SPEC = PartitionSpec(PartitionField(source_id=1, field_id=1000, transform=IdentityTransform(), name="load_id"))
+
+
+# ---------------------------------------------------------------- parallel writes
+
+@dataclass(frozen=True)
+class WriteTarget:
+    """What a worker needs to write data files of a table: plain, picklable data."""
+
+    metadata: TableMetadata
+    io_properties: dict
+
+    @classmethod
+    def of(cls, table: Table) -> "WriteTarget":
+        return cls(table.metadata, dict(table.io.properties))
+
+    def io(self):
+        return load_file_io(self.io_properties, self.metadata.location)
+
+
+def partition_key(target: WriteTarget, values: tuple) -> PartitionKey | None:
+    """Partition key from already-transformed values (e.g. (date, bucket)), in spec order."""
+    spec = target.metadata.spec()
+    if spec.is_unpartitioned():
+        return None
+    return PartitionKey(
+        field_values=[PartitionFieldValue(field=f, value=v) for f, v in zip(spec.fields, values)],
+        partition_spec=spec,
+        schema=target.metadata.schema(),
+    )
+
+
+def write_data_files(target: WriteTarget, groups: list[tuple[tuple, pa.Table]]) -> list:
+    """Write one Parquet data file per (partition values, rows) group; returns pyiceberg DataFiles."""
+    write_uuid = uuid.uuid4()
+    tasks = [
+        WriteTask(write_uuid=write_uuid, task_id=i, schema=_task_schema(target, rows),
+                  record_batches=rows.to_batches(), partition_key=partition_key(target, values))
+        for i, (values, rows) in enumerate(groups)
+    ]
+    return list(write_file(target.io(), target.metadata, iter(tasks)))
+
+
+def _task_schema(target: WriteTarget, rows: pa.Table) -> Schema:
+    from pyiceberg.io.pyarrow import pyarrow_to_schema
+
+    schema = target.metadata.schema()
+    return pyarrow_to_schema(rows.schema, name_mapping=schema.name_mapping,
+                             format_version=target.metadata.format_version)
+
+
+def to_date(days: int) -> date:
+    return date.fromordinal(date(1970, 1, 1).toordinal() + int(days))
+
+
+def replace_contents(table: Table, rows: pa.Table, properties: dict) -> Table:
+    """Replace a small table's whole contents in ONE overwrite snapshot (pyiceberg's overwrite makes two)."""
+    from pyiceberg.io.pyarrow import _dataframe_to_data_files
+
+    old = [task.file for task in table.scan().plan_files()]
+    new = list(_dataframe_to_data_files(table.metadata, rows, table.io)) if rows.num_rows else []
+    tx = table.transaction()
+    producer = tx.update_snapshot(snapshot_properties=properties)
+    with (producer.overwrite() if old else producer.fast_append()) as op:
+        for df in old:
+            op.delete_data_file(df)
+        for df in new:
+            op.append_data_file(df)
+    return tx.commit_transaction()
