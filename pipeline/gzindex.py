@@ -82,9 +82,30 @@ def sub_index(index: GzipIndex, point: SeekPoint) -> bytes:
     ])
 
 
-def _open_rapidgzip(source: Source, **kw):
-    target = source.open() if is_remote(source.url) else filesystem(source.url)[1]
-    return rapidgzip._RapidgzipFile(target, **kw)
+class Reader:
+    """A rapidgzip reader with the `read(n)` the line splitter needs; closes the S3 file object with it."""
+
+    def __init__(self, source: Source, **kw):
+        self._file = source.open() if is_remote(source.url) else None
+        self._gz = rapidgzip._RapidgzipFile(self._file if self._file else filesystem(source.url)[1], **kw)
+
+    def __getattr__(self, name):  # readinto, seek, block_offsets, export_index, import_index, ...
+        return getattr(self._gz, name)
+
+    def read(self, n: int) -> bytes:
+        buf = bytearray(n)
+        got = self._gz.readinto(buf)
+        del buf[got:]
+        return bytes(buf)
+
+    def close(self) -> None:
+        self._gz.close()
+        if self._file is not None:
+            self._file.close()
+
+
+def _open_rapidgzip(source: Source, **kw) -> Reader:
+    return Reader(source, **kw)
 
 
 def build_index(source: Source, warehouse: str, spacing: int) -> GzipIndex:

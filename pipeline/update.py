@@ -26,7 +26,7 @@ from .dimension import changed_keys, load_version, read_dimension, store, upsert
 from .errors import LoadError, UsageError
 from .join import evolve, run_file_tasks, target_columns
 from .loads import Load, emit, load_id, say
-from .sources import filesystem
+from .sources import filesystem, is_remote
 from .tables import (bucket_count, create_or_load, load_table, open_catalog, qualified, table_name, to_date,
                      WriteTarget)
 
@@ -216,16 +216,25 @@ def _copy_files(source, target, files) -> list:
 
     if not files:
         return []
+    from concurrent.futures import ThreadPoolExecutor
+
     fs, _ = filesystem(files[0].file_path)
     prefix = f"{target.metadata.location.rstrip('/')}/data/copied-{uuid.uuid4().hex[:12]}"
-    out = []
-    for df in files:
-        new_path = f"{prefix}/{df.file_path.rsplit('/', 1)[-1]}"
+
+    def copy_one(df):
+        # Keep the partition directories: file names alone may repeat across partitions.
+        relative = df.file_path.split("/data/", 1)[1] if "/data/" in df.file_path else df.file_path.rsplit("/", 1)[1]
+        new_path = f"{prefix}/{relative}"
+        if not is_remote(new_path):
+            fs.makedirs(_fs_path(new_path).rsplit("/", 1)[0], exist_ok=True)
         fs.copy(_fs_path(df.file_path), _fs_path(new_path))
-        new = _copy.copy(df)
-        new.file_path = new_path
-        out.append((df, new))
-    return out
+        new = _copy.copy(df)  # a DataFile is a Record whose field 1 is the path (no setter)
+        new._data = list(df._data)
+        new[1] = new_path
+        return df, new
+
+    with ThreadPoolExecutor(16) as pool:
+        return list(pool.map(copy_one, files))
 
 
 def _fs_path(url: str) -> str:
