@@ -192,7 +192,7 @@ def _run(client, settings, table, qtable, sources, load: Load, replace: bool) ->
     commit_partition(table, qtable, files, qfiles, sources, load, replace)
     return load.finish(
         "SUCCEEDED", rows_read=rows_read, rows_written=written, rows_quarantined=quarantined,
-        quarantine=dict(sorted(quarantine.items())), files_written=len(files),
+        quarantine=dict(sorted(quarantine.items())), files_written=len(files), read_tasks=len(ranges),
         bytes_written=sum(f.data_file.file_size_in_bytes for f in files),
         vp_std=stats.summary(stats.tree_reduce([f.moments for f in files]))["vp_std"],
     )
