@@ -205,6 +205,7 @@ def measure(cmd: list[str], log: Path, env: dict | None = None, cwd: Path | None
     """Run `cmd` under the rusage wrapper, sampling the tree; stdout/stderr go to log.out / log.err."""
     usage = log.with_suffix(".usage.json")
     with open(log.with_suffix(".out"), "w") as out, open(log.with_suffix(".err"), "w") as err:
+        busy0 = busy_cpu_seconds()
         proc = subprocess.Popen([sys.executable, "-c", WRAPPER, str(usage), *cmd], stdout=out, stderr=err,
                                 env=env, cwd=cwd, start_new_session=True)
         sampler, deadline = TreeSampler(proc.pid), time.monotonic() + RUN_TIMEOUT
@@ -215,8 +216,10 @@ def measure(cmd: list[str], log: Path, env: dict | None = None, cwd: Path | None
                 proc.wait()
                 raise SystemExit(f"timed out after {RUN_TIMEOUT} s: {' '.join(cmd)} (log: {log}.err)")
             time.sleep(SAMPLE_EVERY)
+    busy = busy_cpu_seconds() - busy0
     r = json.loads(usage.read_text())
-    r.update(cpu=r["cpu_user"] + r["cpu_sys"], peak_rss_tree=sampler.peak_rss,
+    cpu = r["cpu_user"] + r["cpu_sys"]
+    r.update(cpu=cpu, other_cpu=max(0.0, busy - cpu), peak_rss_tree=sampler.peak_rss,
              cpu_sampled=sum(sampler.cpu.values()), stdout=log.with_suffix(".out").read_text())
     if r["returncode"] != 0:
         tail = log.with_suffix(".err").read_text()[-3000:]
@@ -224,10 +227,24 @@ def measure(cmd: list[str], log: Path, env: dict | None = None, cwd: Path | None
     return r
 
 
-def settle() -> None:
-    """Flush written pages outside the timed part, so one run's writeback does not slow the next."""
+def busy_cpu_seconds() -> float:
+    """CPU seconds spent so far by everything on the machine (from /proc/stat; idle and iowait excluded)."""
+    fields = [int(v) for v in open("/proc/stat").readline().split()[1:9]]
+    return (sum(fields) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
+
+
+def settle(max_wait: float) -> None:
+    """Flush written pages outside the timed part, then wait (up to max_wait s) until other programs leave
+    the cores idle: other load on a 2-core machine changes the wall times more than anything measured here."""
     os.sync()
-    time.sleep(1)
+    deadline, quiet = time.monotonic() + max_wait, 0
+    while quiet < 3:
+        before = busy_cpu_seconds()
+        time.sleep(1)
+        quiet = quiet + 1 if busy_cpu_seconds() - before < 0.1 else 0
+        if time.monotonic() > deadline:
+            say(f"  (the machine is still busy after {max_wait:.0f} s; measuring anyway)")
+            return
 
 
 # ------------------------------------------------------------------ the peers
@@ -269,11 +286,12 @@ def count_output(python: Path, directory: Path) -> dict:
 
 # ------------------------------------------------------------------ the rounds
 
-def rounds(src: Path, python: Path, runs: int, workers: int, scratch: Path) -> dict[str, list[dict]]:
+def rounds(src: Path, python: Path, runs: int, workers: int, scratch: Path, quiet_wait: float) -> dict[str, list[dict]]:
     results = {"impressions cold": [], "impressions warm": [], "duckdb": []}
     warm = scratch / "warm-warehouse"
     logs = DATA / "logs"
     logs.mkdir(parents=True, exist_ok=True)
+    settle(quiet_wait)
     for i in range(1, runs + 1):
         cold = scratch / f"cold-warehouse-{i}"
         r = run_impressions(src, cold, workers, logs / f"impressions-cold-{i}")
@@ -282,13 +300,13 @@ def rounds(src: Path, python: Path, runs: int, workers: int, scratch: Path) -> d
         if (cold / "_cache").exists() and not (warm / "_cache").exists():  # seed the warm warehouse with the index the cold run built
             shutil.copytree(cold / "_cache", warm / "_cache")
         shutil.rmtree(cold)
-        settle()
+        settle(quiet_wait)
 
         r = run_impressions(src, warm, workers, logs / f"impressions-warm-{i}")
         r.update(count_output(python, warm / "impressions" / "fact_partitioned" / "data"))
         results["impressions warm"].append(report(i, "impressions warm", r))
         empty_warehouse_keeping_index(warm)
-        settle()
+        settle(quiet_wait)
 
         out = scratch / f"duckdb-out-{i}"
         r = run_duckdb(python, src, out, logs / f"duckdb-{i}")
@@ -296,14 +314,14 @@ def rounds(src: Path, python: Path, runs: int, workers: int, scratch: Path) -> d
         r.update(rows=r["counted_rows"], files=r["counted_files"])
         results["duckdb"].append(report(i, "duckdb", r))
         shutil.rmtree(out)
-        settle()
+        settle(quiet_wait)
     return results
 
 
 def report(i: int, peer: str, r: dict) -> dict:
     say(f"  run {i} {peer:17s} wall {r['wall']:7.1f} s  cpu {r['cpu']:7.1f} s  "
         f"(sampled {r['cpu_sampled']:.1f})  largest process {r['maxrss_kb'] / 2**20:5.2f} GiB  "
-        f"tree {r['peak_rss_tree'] / 2**30:5.2f} GiB  rows {r['rows']:,}  files {r['files']:,}")
+        f"tree {r['peak_rss_tree'] / 2**30:5.2f} GiB  other programs' CPU {r['other_cpu']:.1f} s  rows {r['rows']:,}  files {r['files']:,}")
     r.pop("stdout", None)
     return r
 
@@ -359,7 +377,8 @@ def verdicts(results: dict, expected_rows: int) -> list[str]:
 def write_markdown(results, verdict_lines, meta, mach, duck_version, runs, workers, src) -> None:
     per_run = [[peer, str(i), f"{r['wall']:.1f}", f"{r['cpu']:.1f}", f"{r['cpu_sampled']:.1f}",
                 f"{r['maxrss_kb'] / 2**20:.2f}", f"{r['peak_rss_tree'] / 2**30:.2f}", f"{r['rows']:,}",
-                f"{r['files']:,}", f"{r['load_seconds']:.1f}" if "load_seconds" in r else "—"]
+                f"{r['files']:,}", f"{r['load_seconds']:.1f}" if "load_seconds" in r else "—",
+                f"{r['other_cpu']:.1f}"]
                for peer, rs in results.items() for i, r in enumerate(rs, 1)]
     text = f"""# partition vs DuckDB
 
@@ -387,7 +406,10 @@ Written by `make bench` (bench/partition_vs_duckdb.py) on {dt.datetime.now().ast
 ## Every run
 
 {md_table(["peer", "run", "wall s", "CPU s", "CPU s (sampled)", "largest process GiB", "tree GiB", "rows",
-           "files", "load s (impressions' own clock)"], per_run)}
+           "files", "load s (impressions' own clock)", "other programs' CPU s"], per_run)}
+
+"other programs' CPU s": CPU used by everything else on the machine during the run (from /proc/stat);
+more than a few seconds means the run was disturbed.
 """
     RESULTS.write_text(text)
 
@@ -397,6 +419,8 @@ def main(argv=None) -> int:
     ap.add_argument("--rows", type=int, default=DEFAULT_ROWS, help=f"rows of the generated file ({DEFAULT_ROWS:,})")
     ap.add_argument("--runs", type=int, default=3, help="interleaved rounds; medians are reported (3)")
     ap.add_argument("--workers", type=int, default=2, help="impressions LocalCluster workers (2)")
+    ap.add_argument("--quiet-wait", type=float, default=300,
+                    help="before each run, wait up to this many seconds for other programs to leave the CPUs idle")
     ap.add_argument("--upgrade-duckdb", action="store_true", help="pip install -U duckdb in the existing venv")
     args = ap.parse_args(argv)
 
@@ -407,7 +431,7 @@ def main(argv=None) -> int:
         f"{meta['gzip_bytes'] / 1e6:,.0f} MB gzip, {meta['csv_bytes'] / 1e9:.2f} GB CSV")
     scratch = Path(tempfile.mkdtemp(prefix="scratch-", dir=DATA))
     try:
-        results = rounds(src, python, args.runs, args.workers, scratch)
+        results = rounds(src, python, args.runs, args.workers, scratch, args.quiet_wait)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 

@@ -30,6 +30,8 @@ def _resolve(path: str, base_dir: str) -> str:
     """Relative paths in a job file are relative to that file."""
     if "://" in path or os.path.isabs(path):
         return path
+    if "://" in base_dir:  # a job file on S3: keep the scheme's double slash
+        return f"{base_dir.rstrip('/')}/{path}"
     return os.path.normpath(os.path.join(base_dir, path))
 
 

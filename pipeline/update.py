@@ -169,6 +169,9 @@ def _rewrite(client, catalog, settings, source, dst_ident, in_place, merged, cha
         current = [task.file for task in t.scan().plan_files()] if t.current_snapshot() else []
         if not in_place:
             return current  # the copy replaces the target's whole contents
+        if dimension_snapshot_of(t) != base_id:
+            # another update committed a newer dimension version: our diff was against an old one
+            raise Replan("another update changed the table's dimension version")
         present = {f.file_path for f in current}
         if not hit_paths <= present:
             raise Replan("files to rewrite were changed by another commit")

@@ -217,7 +217,7 @@ def test_partition_s3_source_into_s3_warehouse(run, reference):
     assert sorted(f["path"] for f in stats["files"]) == sorted(paths)
     assert rel_close(stats["vp_mean"], reference.vp_mean), (stats["vp_mean"], reference.vp_mean)
     rc = stdout_json(ok(cli(["stats", "FACT_PARTITIONED", "--json", "--recount"], run.warehouse, run.catalog)))[-1]
-    assert rc["recount_rows"] == ROWS and re["recount_matches"] is True
+    assert rc["recount_rows"] == ROWS and rc["recount_matches"] is True
     assert rel_close(rc["vp_mean"], reference.vp_mean)
     assert rel_close(rc["vp_std"], stats["vp_std"])
 
