@@ -77,10 +77,11 @@ def read_dimension(url: str, date_column: str | None = None, types: dict | None 
         raise UsageError(f"dimension {url}: {e}") from None
     keys = (KEY,)
     if date_column:
-        dates = [parse_date(s) if s is not None else None for s in t[date_column].to_pylist()]
+        dates = [_dimension_date(s) for s in t[date_column].to_pylist()]
         if any(d is None for d in dates):
             bad = next(s for s, d in zip(t[date_column].to_pylist(), dates) if d is None)
-            raise UsageError(f"dimension {url}: bad date {bad!r} in column {date_column} (MM/DD/YYYY)")
+            raise UsageError(f"dimension {url}: bad date {bad!r} in column {date_column} "
+                             "(MM/DD/YYYY or YYYY-MM-DD)")
         t = t.set_column(t.schema.get_field_index(date_column), date_column, pa.array(dates, pa.date32()))
         keys = (date_column, KEY)
     if t[KEY].null_count:
@@ -88,6 +89,18 @@ def read_dimension(url: str, date_column: str | None = None, types: dict | None 
     _check_unique(t, keys, url)
     order = list(keys) + [c for c in t.column_names if c not in keys]
     return Dimension(t.select(order), keys, source.to_dict())
+
+
+def _dimension_date(text: str | None):
+    """The facts' MM/DD/YYYY, or ISO YYYY-MM-DD as metadata exports often write dates."""
+    if text is None:
+        return None
+    from datetime import date
+
+    try:
+        return date.fromisoformat(text) if len(text) == 10 and text[4] == "-" else parse_date(text)
+    except ValueError:
+        return None
 
 
 def _check_unique(t: pa.Table, keys, url: str) -> None:

@@ -222,3 +222,74 @@ def test_run_job_file(tmp_path, data):
     last = json.loads(out.stdout.decode().splitlines()[-1])
     assert last["table"] == "impressions.fact_updated" and last["rows"] == 120_000
     assert (tmp_path / "wh" / "catalog.db").exists()
+
+
+def test_two_racing_updates_keep_both_changes(settings, data, joined, tmp_path):
+    dim = read_dim(data["campaigns"])
+    ids = sorted(dim)
+    paths = []
+    for i, chosen in enumerate((ids[:2], ids[5:7])):
+        p = tmp_path / f"race{i}.csv"
+        with open(p, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(dim[ids[0]].keys()))
+            w.writeheader()
+            for cid in chosen:
+                w.writerow({**dim[cid], "campaign_name": f"race {i} {cid}"})
+        paths.append(str(p))
+    procs = [subprocess.Popen(_cli(settings, "update", p, "FACT_JOINED", "FACT_JOINED"), stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE) for p in paths]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [o[1].decode()[-1500:] for o in outs]
+    want = dict(dim)
+    for i, chosen in enumerate((ids[:2], ids[5:7])):
+        for cid in chosen:
+            want[cid] = {**dim[cid], "campaign_name": f"race {i} {cid}"}
+    table = load_table(catalog_of(settings), table_name("FACT_JOINED"))
+    check_attributes(table, impressions_per_campaign(data["impressions"]), want)
+
+
+def test_incremental_join_joins_only_new_loads(client, settings, data, joined, tmp_path):
+    more = generate(str(tmp_path / "more"), rows=5_000, days=2, campaigns=30, changed=0, seed=12)
+    partition(client, settings, [more["impressions"]], "FACT_PARTITIONED")
+    record = join(client, settings, data["campaigns"], "FACT_PARTITIONED", "FACT_JOINED")
+    assert record["rows_read"] == 5_000 and record["full"] is False
+    table = load_table(catalog_of(settings), table_name("FACT_JOINED"))
+    assert table.scan().to_arrow().num_rows == 125_000
+    skipped = join(client, settings, data["campaigns"], "FACT_PARTITIONED", "FACT_JOINED")
+    assert skipped["status"] == "SKIPPED"
+
+
+def test_date_keyed_dimension_touches_only_the_changed_dates(client, settings, data, joined, tmp_path):
+    import dataclasses
+
+    dim = read_dim(data["campaigns"])
+    cid = sorted(dim)[3]
+    dated = tmp_path / "dated.csv"
+    with open(dated, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["ad_date", *dim[cid].keys()])
+        w.writeheader()
+        for d in ("2019-01-01", "2019-01-02", "2019-01-03", "2019-01-04"):
+            for c, row in dim.items():
+                w.writerow({"ad_date": d, **row})
+    keyed = dataclasses.replace(settings, dimension_date_column="ad_date", dimension_table="campaigns_by_date")
+    join(client, keyed, str(dated), "FACT_PARTITIONED", "FACT_BY_DATE")
+    change = tmp_path / "change.csv"
+    with open(change, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["ad_date", *dim[cid].keys()])
+        w.writeheader()
+        w.writerow({"ad_date": "2019-01-02", **dim[cid], "campaign_name": "only on the 2nd"})
+    catalog = catalog_of(settings)
+    before = files_of(load_table(catalog, table_name("FACT_BY_DATE")))
+    record = update(client, keyed, str(change), "FACT_BY_DATE", "FACT_BY_DATE")
+    assert record["affected_partitions"] == 1
+    after = files_of(load_table(catalog, table_name("FACT_BY_DATE")))
+    import datetime as dt
+    target = (dt.date(2019, 1, 2) - dt.date(1970, 1, 1)).days
+    for path, f in before.items():
+        if (f.partition[0], f.partition[1]) != (target, bucket_of(cid, BUCKETS)):
+            assert path in after
+    t = load_table(catalog, table_name("FACT_BY_DATE")).scan().to_arrow()
+    mine = t.filter(pc.equal(t["campaign_id"], cid))
+    names = Counter(zip([d.isoformat() for d in mine["ad_date"].to_pylist()], mine["campaign_name"].to_pylist()))
+    assert {d for (d, n) in names if n == "only on the 2nd"} == {"2019-01-02"}
+    assert all(n == dim[cid]["campaign_name"] for (d, n) in names if d != "2019-01-02")
