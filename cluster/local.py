@@ -2,7 +2,10 @@
 from __future__ import annotations
 
 import contextlib
+import logging
+import os
 import sys
+import warnings
 
 from distributed import Client, LocalCluster
 
@@ -19,11 +22,20 @@ def connect(scheduler: str | None = None, workers: int = 2, threads_per_worker: 
             _announce(client)
             yield client
         return
-    with LocalCluster(n_workers=workers, threads_per_worker=threads_per_worker, processes=True,
-                      memory_limit=memory_limit, dashboard_address=":8787" if dashboard else None,
-                      silence_logs=40) as cluster, Client(cluster) as client:
+    with warnings.catch_warnings():
+        # port 8787 taken (another cluster): distributed picks a free port, and we print the link anyway
+        warnings.filterwarnings("ignore", message="Port .* is already in use")
+        cluster = LocalCluster(n_workers=workers, threads_per_worker=threads_per_worker, processes=True,
+                               memory_limit=memory_limit, dashboard_address=":8787" if dashboard else None,
+                               silence_logs=_worker_log_level())
+    with cluster, Client(cluster) as client:
         _announce(client)
         yield client
+
+
+def _worker_log_level() -> int:
+    """Task failures come back to the driver as one-line errors; worker tracebacks only with IMPRESSIONS_DEBUG."""
+    return logging.INFO if os.environ.get("IMPRESSIONS_DEBUG") else logging.CRITICAL
 
 
 def _announce(client: Client) -> None:

@@ -128,7 +128,10 @@ def _dispatch(args) -> int:
         if args.buckets is not None and args.buckets < 1:
             raise UsageError("--buckets must be at least 1")
         from .partition import partition
+        from .sources import describe
 
+        for source in args.paths[:-1]:  # a mistyped path fails at once, before a cluster starts
+            describe(source)
         with _client(settings) as client:
             partition(client, settings, args.paths[:-1], args.paths[-1], replace=args.replace, buckets=args.buckets)
         return 0
@@ -144,6 +147,11 @@ def _dispatch(args) -> int:
             say("impressions: recount does not match the table metadata")
             return 1
         return 0
+    if args.command in ("join", "update"):
+        from .dimension import read_dimension
+
+        # a bad dimension file (missing, no key column, duplicate keys) fails before a cluster starts
+        read_dimension(args.dimension, settings.dimension_date_column, settings.dimension_types)
     if args.command == "join":
         from .join import join
 

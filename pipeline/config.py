@@ -97,6 +97,8 @@ def load_settings(**overrides) -> Settings:
         dimension_types=dict(get("dimension.types") or {}),
     ).with_overrides(**overrides)
     validate(s)
+    if s.read.block_size > s.read.range_size:  # a small range reads in blocks of its own size
+        s = replace(s, read=replace(s.read, block_size=s.read.range_size))
     return s
 
 
@@ -105,7 +107,8 @@ def validate(s: Settings) -> None:
         raise UsageError(f"buckets must be between 1 and 1000000, got {s.buckets}")
     if s.workers < 1:
         raise UsageError(f"workers must be at least 1, got {s.workers}")
-    if s.read.block_size < 1024 or s.read.range_size < s.read.block_size:
-        raise UsageError("read.block-size must be >= 1 KiB and <= read.range-size")
+    if s.read.block_size < 1024 or s.read.range_size < 1024:
+        raise UsageError(f"read.block-size ({s.read.block_size}) and read.range-size ({s.read.range_size}) "
+                         "must be at least 1 KiB")
     if s.read.max_line < 1024:
         raise UsageError("read.max-line must be at least 1 KiB")

@@ -200,7 +200,7 @@ def _run(client, settings, table, qtable, sources, load: Load, replace: bool) ->
 
 def _read_all(client, sources, ranges, lid, target, qtarget, settings) -> dict:
     futures = [client.submit(read_range, sources[r.source_index], r, lid, target, qtarget, settings,
-                             key=f"read-{lid}-{r.key}-{uuid.uuid4().hex[:6]}", retries=1) for r in ranges]
+                             key=f"read-{lid}-{r.key}-{uuid.uuid4().hex[:6]}", retries=0) for r in ranges]
     results = {}
     progress = Progress(len(futures), "read")
     for fut in as_completed(futures):
