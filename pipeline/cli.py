@@ -25,12 +25,12 @@ def build_parser() -> argparse.ArgumentParser:
     _global_options(common, suppress=True)
 
     g = sub.add_parser("generate", parents=[common], help="write synthetic impressions and dimension files")
-    g.add_argument("outdir")
-    g.add_argument("--rows", type=int, default=1_000_000)
-    g.add_argument("--days", type=int, default=30)
-    g.add_argument("--campaigns", type=int, default=50)
-    g.add_argument("--changed", type=int, default=3)
-    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("outdir", help="directory for impressions.csv.gz, campaigns.csv.gz, campaigns_updated.csv.gz")
+    g.add_argument("--rows", type=int, default=1_000_000, help="impressions to write (default 1000000)")
+    g.add_argument("--days", type=int, default=30, help="distinct dates, from 01/01/2019 (default 30)")
+    g.add_argument("--campaigns", type=int, default=50, help="campaigns in the dimension (default 50)")
+    g.add_argument("--changed", type=int, default=3, help="campaigns changed in the updated dimension (default 3)")
+    g.add_argument("--seed", type=int, default=0, help="same seed, same bytes (default 0)")
 
     p = sub.add_parser("partition", parents=[common], help="load gzip CSV sources into a partitioned table")
     p.add_argument("paths", nargs="+", metavar="SOURCE... TABLE")
@@ -59,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("job")
 
     d = sub.add_parser("demo", parents=[common], help="generate data and run the whole pipeline locally")
-    d.add_argument("--rows", type=int, default=3_000_000)
+    d.add_argument("--rows", type=int, default=3_000_000, help="impressions to generate (default 3000000)")
     d.add_argument("--data", default="demo-data", help="where the generated inputs go")
     return parser
 

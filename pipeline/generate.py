@@ -19,6 +19,8 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 from isal import isal_zlib
 
+from .errors import UsageError
+
 CHUNK_ROWS = 1_000_000
 START = dt.date(2019, 1, 1)
 CHANNELS = ["social", "search", "display", "video", "ctv"]
@@ -66,7 +68,7 @@ def _write_dimension(path: str, rows: list[dict]) -> None:
 def generate(outdir: str, rows: int = 1_000_000, days: int = 30, campaigns: int = 50, changed: int = 3,
              seed: int = 0, videos: int = 20, threads: int | None = None) -> dict:
     if rows < 0 or days < 1 or campaigns < 1 or not 0 <= changed <= campaigns:
-        raise ValueError("generate needs rows >= 0, days >= 1, campaigns >= 1 and 0 <= changed <= campaigns")
+        raise UsageError("generate needs rows >= 0, days >= 1, campaigns >= 1 and 0 <= changed <= campaigns")
     os.makedirs(outdir, exist_ok=True)
     ids = campaign_ids(campaigns)
     weights = 1.0 / np.arange(1, campaigns + 1) ** 1.1
