@@ -25,4 +25,7 @@ def bucket_array(values: pa.Array | pa.ChunkedArray, n: int) -> pa.Array:
     per_value = np.fromiter((bucket_of(v, n) if v is not None else 0 for v in values.dictionary.to_pylist()),
                             dtype=np.int32, count=len(values.dictionary))
     indices = values.indices.fill_null(0).to_numpy(zero_copy_only=False)
-    return pa.array(per_value[indices] if len(per_value) else np.zeros(len(values), np.int32), type=pa.int32())
+    out = per_value[indices] if len(per_value) else np.zeros(len(values), np.int32)
+    if values.null_count:
+        out = np.where(values.is_null().to_numpy(zero_copy_only=False), 0, out).astype(np.int32)
+    return pa.array(out, type=pa.int32())

@@ -9,6 +9,13 @@ from .errors import LoadError, UsageError
 from .loads import emit, say
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: `impressions: error: ...` and exit 2 (usage goes to --help)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog.split()[0]}: error: {message} (see {self.prog} --help)\n")
+
+
 def _global_options(p: argparse.ArgumentParser, suppress: bool) -> None:
     d = argparse.SUPPRESS if suppress else None
     p.add_argument("--warehouse", default=d, help="local directory or s3:// prefix (default ./warehouse)")
@@ -18,9 +25,9 @@ def _global_options(p: argparse.ArgumentParser, suppress: bool) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="impressions", description=__doc__)
+    parser = _Parser(prog="impressions", description=__doc__)
     _global_options(parser, suppress=False)
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     common = argparse.ArgumentParser(add_help=False)
     _global_options(common, suppress=True)
 

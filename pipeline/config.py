@@ -33,6 +33,18 @@ def _bytes(value) -> int:
         raise UsageError(f"not a byte size: {value!r}") from e
 
 
+def _int(key: str, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise UsageError(f"impressions.{key} must be an integer, got {value!r}")
+    try:
+        number = float(value) if isinstance(value, str) else value
+        if number != int(number):
+            raise ValueError
+        return int(number)
+    except (ValueError, OverflowError):
+        raise UsageError(f"impressions.{key} must be an integer, got {value!r}") from None
+
+
 @dataclass(frozen=True)
 class ReadSettings:
     range_size: int
@@ -76,9 +88,9 @@ def load_settings(**overrides) -> Settings:
         warehouse=str(get("warehouse")),
         catalog=get("catalog"),
         namespace=str(get("namespace")),
-        buckets=int(get("buckets")),
-        workers=int(get("workers")),
-        threads_per_worker=int(get("threads-per-worker")),
+        buckets=_int("buckets", get("buckets")),
+        workers=_int("workers", get("workers")),
+        threads_per_worker=_int("threads-per-worker", get("threads-per-worker")),
         scheduler=scheduler,
         read=ReadSettings(
             range_size=_bytes(get("read.range-size")),
@@ -90,7 +102,7 @@ def load_settings(**overrides) -> Settings:
         ),
         memory_budget=_bytes(get("write.memory-budget")),
         compression=str(get("write.compression")),
-        row_group_rows=int(get("write.row-group-rows")),
+        row_group_rows=_int("write.row-group-rows", get("write.row-group-rows")),
         quarantine_table=str(get("tables.quarantine")),
         dimension_table=str(get("tables.dimension")),
         dimension_date_column=get("dimension.date-column"),

@@ -49,7 +49,7 @@ def _chunk_csv(seed: int, index: int, rows: int, first_id: int, days: int, ids: 
     table = pa.table({
         "ad_date": dates.take(pa.array(rng.integers(0, days, rows))),
         "impression_id": pa.array(np.arange(first_id, first_id + rows, dtype=np.int64)),
-        "campaign_id": campaigns.take(pa.array(rng.choice(len(ids), size=rows, p=weights))),
+        "campaign_id": campaigns.take(pa.array(_campaign_draws(rng, index, rows, weights))),
         "video_id": video_names.take(pa.array(rng.integers(0, videos, rows))),
         "viewing_percentage": vps.take(pa.array(rng.integers(0, 10001, rows))),
     })
@@ -58,8 +58,19 @@ def _chunk_csv(seed: int, index: int, rows: int, first_id: int, days: int, ids: 
     return out.getvalue()
 
 
+def _campaign_draws(rng, index: int, rows: int, weights: np.ndarray) -> np.ndarray:
+    """Zipf-skewed campaign indices; the first chunk's first row is the campaign new in the update, so that
+    campaign always occurs in the impressions (an orphan until the update describes it)."""
+    draws = rng.choice(len(weights), size=rows, p=weights)
+    if index == 0 and rows:
+        draws[0] = len(weights) - 1
+    return draws
+
+
 def _write_dimension(path: str, rows: list[dict]) -> None:
-    with gzip.open(path, "wt", newline="") as f:
+    # mtime=0: the same inputs give the same bytes (gzip headers carry a timestamp otherwise)
+    with open(path, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as gz, \
+            io.TextIOWrapper(gz, encoding="utf-8", newline="") as f:
         w = csv.DictWriter(f, fieldnames=["campaign_id", "campaign_name", "advertiser", "channel", "objective"])
         w.writeheader()
         w.writerows(rows)

@@ -222,7 +222,7 @@ def test_invalid_keyword_values(kw):
     {"DASK_IMPRESSIONS__READ__RANGE_SIZE": "lots"},
     {"DASK_IMPRESSIONS__WRITE__MEMORY_BUDGET": "a bit"},
     {"DASK_IMPRESSIONS__READ__BLOCK_SIZE": "512 B"},                       # < 1 KiB
-    {"DASK_IMPRESSIONS__READ__BLOCK_SIZE": "1 GiB"},                       # > range-size (128 MiB)
+    {"DASK_IMPRESSIONS__READ__RANGE_SIZE": "512 B"},                       # < 1 KiB
     {"DASK_IMPRESSIONS__READ__MAX_LINE": "100"},                           # < 1 KiB
 ], ids=lambda v: ",".join(f"{k.removeprefix('DASK_IMPRESSIONS__')}={x}" for k, x in v.items()))
 def test_invalid_env_values_raise_usage_error(env, variables):
@@ -244,6 +244,14 @@ def test_block_size_equal_to_range_size_is_allowed():
     with dask.config.set({"impressions.read.range-size": "1 MiB", "impressions.read.block-size": "1 MiB"}):
         s = load_settings()
     assert s.read.block_size == s.read.range_size == MiB
+
+
+def test_block_size_larger_than_range_size_is_capped(env):
+    """A small range is read in blocks of its own size (block-size 16 MiB default, range 256 KiB)."""
+    env(DASK_IMPRESSIONS__READ__RANGE_SIZE="256 KiB")
+    s = load_settings()
+    assert s.read.range_size == 256 * 1024
+    assert s.read.block_size == 256 * 1024
 
 
 # ------------------------------------------------------------------------------------------------ CLI
@@ -316,6 +324,8 @@ def test_bad_arguments_one_line_exit_2(tmp_path, args):
 
 @pytest.mark.parametrize("args", [
     ["partition", "only_a_table"],              # needs SOURCE... TABLE
+    ["generate", "out", "--campaigns", "5", "--changed", "9"],
+    ["generate", "out", "--days", "0"],
     ["partition", "a.gz", "T", "--buckets", "0"],
     ["--workers", "0", "stats", "t"],
 ], ids=lambda a: " ".join(a))

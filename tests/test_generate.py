@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.errors import UsageError
 from pipeline.generate import generate
 
 DATE_RE = re.compile(r"^(\d{2})/(\d{2})/(\d{4})$")
@@ -176,8 +177,9 @@ def test_zero_rows_is_an_empty_valid_gzip(tmp_path):
 @pytest.mark.parametrize("kw", [{"rows": -1}, {"days": 0}, {"campaigns": 0}, {"changed": 13}, {"changed": -1}])
 def test_invalid_arguments(tmp_path, kw):
     args = dict(rows=10, days=3, campaigns=12, changed=3, seed=0) | kw
-    with pytest.raises(ValueError):
+    with pytest.raises((ValueError, UsageError)):
         generate(str(tmp_path / "x"), **args)
+    assert not (tmp_path / "x" / "impressions.csv.gz").exists()
 
 
 # ---------------------------------------------------------------------------------- dimension files
