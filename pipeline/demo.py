@@ -1,19 +1,40 @@
 """`impressions demo`: generate inputs, run the pipeline on a LocalCluster, print the statistics."""
 from __future__ import annotations
 
+import json
 import os
 
 from .loads import emit, say
 
 
+def _inputs(data_dir: str, rows: int) -> dict:
+    """Generate the demo inputs once; a rerun reuses them, so its loads are SKIPPED rather than duplicated."""
+    from .generate import generate
+
+    params = {"rows": rows, "days": 30, "campaigns": 50, "changed": 3, "seed": 0}
+    marker = os.path.join(data_dir, "generated.json")
+    try:
+        with open(marker) as f:
+            done = json.load(f)
+        if done["params"] == params and all(os.path.exists(done["files"][k]) for k in
+                                            ("impressions", "campaigns", "campaigns_updated")):
+            say(f"reusing the inputs in {data_dir}/ (delete it to generate new ones)")
+            return done["files"]
+    except (OSError, ValueError, KeyError):
+        pass
+    say(f"generating {rows:,} impressions into {data_dir}/ ...")
+    files = generate(data_dir, **params)
+    with open(marker, "w") as f:
+        json.dump({"params": params, "files": files}, f)
+    return files
+
+
 def demo(settings, rows: int = 3_000_000, data_dir: str = "demo-data") -> int:
     from cluster import connect
 
-    from .generate import generate
     from .jobfile import run_steps
 
-    say(f"generating {rows:,} impressions into {data_dir}/ ...")
-    files = generate(data_dir, rows=rows, days=30, campaigns=50, changed=3, seed=0)
+    files = _inputs(data_dir, rows)
     steps = [
         {"partition": {"sources": [files["impressions"]], "table": "FACT_PARTITIONED"}},
         {"join": {"dimension": files["campaigns"], "source": "FACT_PARTITIONED", "table": "FACT_JOINED"}},
@@ -23,6 +44,10 @@ def demo(settings, rows: int = 3_000_000, data_dir: str = "demo-data") -> int:
     with connect(settings.scheduler, settings.workers, settings.threads_per_worker) as client:
         results = run_steps(client, settings, steps, base_dir=os.getcwd())
     final = results[-1]
-    say(f"warehouse: {settings.warehouse} (catalog: {settings.catalog or 'sqlite in the warehouse'})")
+    say(f"\n{final['table']} @ snapshot {final['snapshot_id']}: {final['rows']:,} rows in {len(final['files'])} files")
+    if final["rows"]:
+        say(f"  viewing_percentage: mean {final['vp_mean']:.6f}, std (population) {final['vp_std']:.6f}, "
+            f"min {final['vp_min']}, max {final['vp_max']}")
+    say(f"warehouse: {settings.warehouse} (catalog: {settings.catalog or 'sqlite:///' + settings.warehouse + '/catalog.db'})")
     emit(final)
     return 0

@@ -20,7 +20,7 @@ from distributed import Client
 from . import stats
 from .accumulate import FileRecord
 from .bucket import bucket_array
-from .commit import (PROP_DIMENSION, PROP_STATS, commit_files, history, load_file_stats, props_of,
+from .commit import (PROP_DIMENSION, PROP_LOAD, PROP_STATS, commit_files, history, load_file_stats, props_of,
                      write_stats_file)
 from .dimension import changed_keys, load_version, read_dimension, store, upsert
 from .errors import LoadError, UsageError
@@ -118,6 +118,12 @@ def _update_once(client, settings, dimension_url, source_arg, table_arg, full_sn
                            files_written=0, bytes_written=0, **plan_out)
 
     target_exists = catalog.table_exists(dst_ident)
+    if target_exists and not in_place:
+        current = load_table(catalog, dst_ident).current_snapshot()
+        if current is not None and props_of(current).get(PROP_LOAD) == lid:
+            say(f"{qualified(dst_ident)} already holds this update of this source snapshot: skipped")
+            return load.finish("SKIPPED", rows_read=0, rows_written=0, rows_quarantined=0, quarantine={},
+                               files_written=0, bytes_written=0, committed=False, **plan)
     if changed.num_rows == 0 and (in_place or target_exists):
         say("the dimension update changes nothing: nothing committed")
         return load.finish("SUCCEEDED", rows_read=0, rows_written=0, rows_quarantined=0, quarantine={},

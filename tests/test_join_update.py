@@ -130,6 +130,10 @@ def test_update_into_another_table_copies_the_rest(client, settings, data, joine
     check_attributes(source, impressions_per_campaign(data["impressions"]), read_dim(data["campaigns"]))
     # no file is shared between the two tables, so expiring either never breaks the other
     assert not set(files_of(source)) & set(files_of(target))
+    again = update(client, settings, data["campaigns_updated"], "FACT_JOINED", "FACT_UPDATED")
+    assert again["status"] == "SKIPPED"
+    assert load_table(catalog, table_name("FACT_UPDATED")).current_snapshot().snapshot_id == \
+        target.current_snapshot().snapshot_id
 
 
 def test_dry_run_commits_nothing(client, settings, data, joined, capsys):
