@@ -7,7 +7,7 @@ Lines longer than `max_line` are never held whole: they are cut, quarantined as 
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Iterator
 
 from .gzindex import GzipIndex, SeekPoint, open_at
@@ -24,8 +24,8 @@ class ByteRange:
     start: int  # uncompressed offsets [start, end); end None = to the end of the stream
     end: int | None
     mode: str  # "indexed" (gzip + seek point), "stream" (whole gzip, ISA-L) or "plain" (uncompressed file)
-    index: GzipIndex | None = None
-    point: SeekPoint | None = None
+    index: GzipIndex | None = None  # header and cache location only (points stripped, to keep tasks small)
+    points: tuple[SeekPoint, ...] = ()  # the seek points from `start` to just past `end`
 
     @property
     def key(self) -> str:
@@ -41,10 +41,14 @@ def plan_indexed(source_index: int, index: GzipIndex, range_size: int) -> list[B
     for p in points[1:]:
         if p.uncompressed - starts[-1].uncompressed >= range_size:
             starts.append(p)
+    header = replace(index, points=())
     ranges = []
     for i, p in enumerate(starts):
         end = starts[i + 1].uncompressed if i + 1 < len(starts) else None
-        ranges.append(ByteRange(source_index, i, p.uncompressed, end, "indexed", index, p))
+        first = points.index(p)
+        last = points.index(starts[i + 1]) + 1 if end is not None else len(points) - 1
+        span = tuple(points[first:last + 1])  # one point past `end` covers the line that crosses it
+        ranges.append(ByteRange(source_index, i, p.uncompressed, end, "indexed", header, span))
     return ranges
 
 
@@ -59,11 +63,7 @@ def plan_plain(source_index: int, size: int, range_size: int) -> list[ByteRange]
 def open_range(source, r: ByteRange):
     """A binary stream positioned at r.start."""
     if r.mode == "indexed":
-        if r.start == 0:
-            from .gzindex import _open_rapidgzip
-
-            return _open_rapidgzip(source, parallelization=1)
-        return open_at(source, r.index, r.point)
+        return open_at(source, r.index, r.points)
     if r.mode == "stream":
         from isal import igzip
 
