@@ -10,7 +10,7 @@ import json
 import time
 import uuid
 
-from pyiceberg.exceptions import CommitFailedException
+from pyiceberg.exceptions import CommitFailedException, ValidationException
 from pyiceberg.expressions import EqualTo
 
 from .errors import LoadError
@@ -83,17 +83,18 @@ def commit_files(table, load: Load, stage: str, adds: list, plan_deletes, proper
         deletes = plan_deletes(table) if plan_deletes else []
         if deletes is None:  # the plan found nothing left to do
             return table
-        tx = table.transaction()
-        producer = tx.update_snapshot(snapshot_properties=props)
-        op = producer.overwrite() if deletes else producer.fast_append()
-        with op as o:
-            for df in deletes:
-                o.delete_data_file(df)
-            for df in adds:
-                o.append_data_file(df)
         try:
+            tx = table.transaction()
+            producer = tx.update_snapshot(snapshot_properties=props)
+            with (producer.overwrite() if deletes else producer.fast_append()) as op:
+                for df in deletes:
+                    op.delete_data_file(df)
+                for df in adds:
+                    op.append_data_file(df)
             return tx.commit_transaction()
-        except CommitFailedException as e:
+        except (CommitFailedException, ValidationException) as e:
+            # another writer committed first (pyiceberg's overwrite validation may notice it before the
+            # catalog does): reload and plan the deletes again against the new snapshot
             say(f"commit conflict on {table.name()} ({e}); re-planning (attempt {attempt + 2}/{ATTEMPTS})")
             time.sleep(0.2 * (attempt + 1))
             table = table.refresh()

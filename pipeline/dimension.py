@@ -21,7 +21,7 @@ from .commit import props_of
 from .errors import UsageError
 from .parse import parse_date
 from .sources import describe, filesystem
-from .tables import ensure_namespace, replace_contents
+from .tables import TABLE_PROPERTIES, ensure_namespace, replace_contents
 
 KEY = "campaign_id"
 
@@ -169,12 +169,17 @@ def store(catalog, ident: tuple[str, str], dim: Dimension, load_id: str, stage: 
     from pyiceberg.exceptions import NoSuchTableError
 
     ensure_namespace(catalog, ident[0])
+    from pyiceberg.exceptions import TableAlreadyExistsError
+
     try:
         table = catalog.load_table(ident)
     except NoSuchTableError:
-        table = catalog.create_table(ident, schema=_iceberg_schema(dim.rows),
-                                     partition_spec=UNPARTITIONED_PARTITION_SPEC,
-                                     properties={"format-version": "2", "impressions.keys": json.dumps(dim.keys)})
+        try:
+            table = catalog.create_table(ident, schema=_iceberg_schema(dim.rows),
+                                         partition_spec=UNPARTITIONED_PARTITION_SPEC,
+                                         properties={**TABLE_PROPERTIES, "impressions.keys": json.dumps(dim.keys)})
+        except TableAlreadyExistsError:  # created by a concurrent run
+            table = catalog.load_table(ident)
     current = {f.name for f in table.schema().fields}
     new_cols = [c for c in dim.rows.column_names if c not in current]
     if new_cols:

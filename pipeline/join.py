@@ -22,7 +22,7 @@ from .errors import LoadError, UsageError
 from .loads import Load, load_id, say
 from .schema import COLUMNS
 from .tables import (WriteTarget, bucket_count, create_or_load, fact_schema, fact_spec, load_table, open_catalog,
-                     qualified, table_name, write_data_files)
+                     qualified, table_name, table_properties, write_data_files)
 
 STAGE = "join"
 PROP_SOURCE_SNAPSHOT = "impressions.source-snapshot-id"
@@ -160,7 +160,8 @@ def join(client: Client, settings, dimension_url: str, source_arg: str, table_ar
                                                  str(src_snapshot.snapshot_id if src_snapshot else None), str(full)])
     load = Load(STAGE, qualified(dst_ident), lid)
 
-    target = create_or_load(catalog, dst_ident, fact_schema(), fact_spec(bucket_count(source)))
+    target = create_or_load(catalog, dst_ident, fact_schema(), fact_spec(bucket_count(source)),
+                            table_properties(settings))
     if bucket_count(target) != bucket_count(source):
         raise UsageError(f"{qualified(dst_ident)} has {bucket_count(target)} buckets, the source {bucket_count(source)}")
     current = {t.file.file_path: t.file for t in source.scan().plan_files()} if src_snapshot else {}

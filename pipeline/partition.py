@@ -25,7 +25,7 @@ from .parse import parse_block
 from .ranges import ByteRange, LongLine, open_range, owned_blocks, plan_indexed, plan_plain
 from .sources import Source, describe, is_gzip
 from .tables import (QUARANTINE_ICEBERG, QUARANTINE_SPEC, WriteTarget, bucket_count, create_or_load, fact_schema,
-                     fact_spec, open_catalog, qualified, table_name)
+                     fact_spec, open_catalog, qualified, table_name, table_properties)
 
 STAGE = "partition"
 
@@ -122,11 +122,13 @@ def partition(client: Client, settings: Settings, source_urls: list[str], table_
     if len({s.url for s in sources}) != len(sources):
         raise UsageError("the same source is given twice")
     catalog = open_catalog(settings.warehouse, settings.catalog)
-    table = create_or_load(catalog, ident, fact_schema(), fact_spec(buckets or settings.buckets))
+    table = create_or_load(catalog, ident, fact_schema(), fact_spec(buckets or settings.buckets),
+                           table_properties(settings))
     n_buckets = bucket_count(table)
     if buckets is not None and buckets != n_buckets:
         raise UsageError(f"{qualified(ident)} has {n_buckets} buckets, fixed when it was created (--buckets {buckets})")
-    qtable = create_or_load(catalog, (ident[0], settings.quarantine_table), QUARANTINE_ICEBERG, QUARANTINE_SPEC)
+    qtable = create_or_load(catalog, (ident[0], settings.quarantine_table), QUARANTINE_ICEBERG, QUARANTINE_SPEC,
+                            table_properties(settings))
 
     lid = load_id(STAGE, qualified(ident), [s.fingerprint for s in sources])
     load = Load(STAGE, qualified(ident), lid, [s.to_dict() for s in sources])

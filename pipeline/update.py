@@ -28,7 +28,7 @@ from .join import evolve, run_file_tasks, target_columns
 from .loads import Load, emit, load_id, say
 from .sources import filesystem, is_remote
 from .tables import (bucket_count, create_or_load, load_table, open_catalog, qualified, table_name, to_date,
-                     WriteTarget)
+                     table_properties, WriteTarget)
 
 STAGE = "update"
 ATTEMPTS = 3
@@ -153,7 +153,8 @@ def _rewrite(client, catalog, settings, source, dst_ident, in_place, merged, cha
     else:
         from .tables import fact_spec
 
-        target = create_or_load(catalog, dst_ident, source.schema(), fact_spec(bucket_count(source)))
+        target = create_or_load(catalog, dst_ident, source.schema(), fact_spec(bucket_count(source)),
+                                table_properties(settings))
         if bucket_count(target) != bucket_count(source):
             raise UsageError(f"{qualified(dst_ident)} has a different bucket count than {'.'.join(source.name())}")
     # the source's columns first (so copies and rewrites agree), then the dimension's new ones

@@ -53,7 +53,7 @@ def client():
     """One 2-worker LocalCluster for the session (process workers, as in production)."""
     from distributed import Client, LocalCluster
 
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0",
                       memory_limit="4GiB") as cluster, Client(cluster) as c:
         yield c
 

@@ -243,7 +243,7 @@ def test_two_racing_updates_keep_both_changes(settings, data, joined, tmp_path):
     procs = [subprocess.Popen(_cli(settings, "update", p, "FACT_JOINED", "FACT_JOINED"), stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE) for p in paths]
     outs = [p.communicate(timeout=300) for p in procs]
-    assert [p.returncode for p in procs] == [0, 0], [o[1].decode()[-1500:] for o in outs]
+    assert [p.returncode for p in procs] == [0, 0], [o[1].decode()[-3000:] for o in outs]
     want = dict(dim)
     for i, chosen in enumerate((ids[:2], ids[5:7])):
         for cid in chosen:
