@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pyarrow import csv as pacsv
 
-from .schema import COLUMNS, FACT_SCHEMA
+from .schema import COLUMNS, PARSED_SCHEMA
 
 _DICT = pa.dictionary(pa.int32(), pa.string())
 _READ = pacsv.ReadOptions(column_names=COLUMNS, block_size=1 << 26, use_threads=False)
@@ -85,12 +85,12 @@ def parse_block(block: bytes, offset: int, keep_bytes: int = 65536) -> Parsed:
     starts, ends, cends = _line_spans(buf)
     nlines = len(starts)
     if nlines == 0:
-        return Parsed(FACT_SCHEMA.empty_table(), 0)
+        return Parsed(PARSED_SCHEMA.empty_table(), 0)
     commas = _count_in(np.flatnonzero(buf == 44), starts, cends)
     quotes = _count_in(np.flatnonzero(buf == 34), starts, cends)
     crs = _count_in(np.flatnonzero(buf == 13), starts, cends)
     simple = (commas == 4) & (quotes == 0) & (crs == 0)
-    result = Parsed(FACT_SCHEMA.empty_table(), nlines)
+    result = Parsed(PARSED_SCHEMA.empty_table(), nlines)
     tables = []
     if simple.all():
         tables.append(_parse_simple(block, starts, cends, offset, result, keep_bytes))
@@ -125,7 +125,7 @@ def _parse_clean(block: bytes, offset: int, keep_bytes: int) -> Parsed | None:
         return None
     if t.num_rows != lines:
         return None
-    result = Parsed(FACT_SCHEMA.empty_table(), lines)
+    result = Parsed(PARSED_SCHEMA.empty_table(), lines)
     result.rows = _check_typed(t, block, None, None, offset, result, keep_bytes)
     return result
 
@@ -188,8 +188,7 @@ def _check_typed(t, src, line_starts, line_ends, offset, result, keep_bytes) -> 
         camp.indices.to_numpy(zero_copy_only=False)] if len(camp) else np.ones(0, bool)
     vp = t["viewing_percentage"]
     vp_ok = pc.and_(pc.greater_equal(vp, 0.0), pc.less_equal(vp, 1.0)).to_numpy(zero_copy_only=False)
-    out = pa.table([dates, t["impression_id"], camp.cast(pa.string()),
-                    _one_dict(t["video_id"]).cast(pa.string()), vp], schema=FACT_SCHEMA)
+    out = pa.table([dates, t["impression_id"], camp, _one_dict(t["video_id"]), vp], schema=PARSED_SCHEMA)
     if date_ok.all() and camp_ok.all() and vp_ok.all():
         return out
     reason = _reasons(t.num_rows, [("bad_date", date_ok), ("empty_campaign", camp_ok), ("out_of_range", vp_ok)])
@@ -229,7 +228,8 @@ def _check_raw(t, src, line_starts, line_ends, offset, result, keep_bytes) -> pa
         ("encoding", enc_ok), ("bad_date", date_ok), ("bad_number", id_ok), ("empty_campaign", camp_ok),
         ("bad_number", vp_num), ("out_of_range", vp_range),
     ])
-    out = pa.table([dates, ids, strs["campaign_id"], strs["video_id"], vp], schema=FACT_SCHEMA)
+    out = pa.table([dates, ids, strs["campaign_id"].cast(_DICT), strs["video_id"].cast(_DICT), vp],
+                   schema=PARSED_SCHEMA)
     return _finish(out, reason, src, line_starts, line_ends, offset, result, keep_bytes)
 
 
@@ -266,4 +266,5 @@ def _parse_odd_line(line: bytes, offset: int, result: Parsed, tables: list, keep
     if not 0.0 <= value <= 1.0:
         result.reject(offset, "out_of_range", raw)
         return
-    tables.append(pa.table([[day], [int(ident)], [camp], [video], [value]], schema=FACT_SCHEMA))
+    tables.append(pa.table([pa.array([day]), pa.array([int(ident)]), pa.array([camp]).cast(_DICT),
+                            pa.array([video]).cast(_DICT), pa.array([value])], schema=PARSED_SCHEMA))
