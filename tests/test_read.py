@@ -219,3 +219,18 @@ def test_plain_and_small_gzip_files_and_idempotent_reloads(client, settings, tmp
     assert replaced["rows_written"] == 50
     t = load_table(open_catalog(settings.warehouse, settings.catalog), table_name("FACT"))
     assert t.scan().to_arrow().num_rows == 20_050
+
+
+def test_a_small_memory_budget_flushes_often_and_loses_nothing(client, settings, tmp_path):
+    import dataclasses
+
+    data = b"\n".join(good_lines(80_000, seed=9)) + b"\n"
+    tight = dataclasses.replace(settings, memory_budget=256 * 1024)  # far below one range's rows
+    path = write_gz(tmp_path / "input.csv.gz", data)
+    record = partition(client, tight, [path], "FACT")
+    t = load_table(open_catalog(settings.warehouse, settings.catalog), table_name("FACT"))
+    files = [task.file for task in t.scan().plan_files()]
+    partitions = {tuple(f.partition) for f in files}
+    assert record["rows_written"] == t.scan().to_arrow().num_rows == 80_000
+    assert len(files) > 2 * len(partitions)  # several flushes per worker
+    assert as_tuples(t.scan().to_arrow()) == sorted(reference(data)[0])
