@@ -13,6 +13,7 @@ from typing import Iterator
 from .gzindex import GzipIndex, SeekPoint, open_at
 
 BOM = b"\xef\xbb\xbf"
+_TAIL_STEP = 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -138,7 +139,10 @@ def owned_blocks(stream, start: int, end: int | None, block_size: int, max_line:
                 pos += len(chunk)
             del line_start
             continue
-        chunk = read(block_size)
+        # Near `end` only the last owned line is missing: read it in small, doubling steps (reading far past
+        # the range leaves its seek points, where inflating is ~10x slower).
+        ahead = end - (pos + len(buf))
+        chunk = read(block_size if ahead >= block_size else int(max(ahead, _TAIL_STEP, len(buf))))
         if not chunk:
             if buf:
                 yield pos, buf

@@ -228,7 +228,9 @@ def write_data_files(target: WriteTarget, groups: list[tuple[tuple, pa.Table]]) 
         table = _conform(rows, arrow_schema)
         out = io.new_output(path)
         with out.create(overwrite=True) as stream:
-            writer = pq.ParquetWriter(stream, schema=arrow_schema, **options)
+            # store_schema=False: no Arrow schema in the file, so dictionary-encoded string columns (written
+            # as they are, without decoding and re-encoding) read back as plain strings in every engine
+            writer = pq.ParquetWriter(stream, schema=table.schema, store_schema=False, **options)
             writer.write_table(table, row_group_size=row_group)
             writer.close()
         statistics = data_file_statistics_from_parquet_metadata(
@@ -253,10 +255,21 @@ def _plain_types(schema: pa.Schema) -> pa.Schema:
 
 
 def _conform(rows: pa.Table, schema: pa.Schema) -> pa.Table:
-    """The table's columns in the table's order and types; columns the rows lack are null."""
-    have = set(rows.column_names)
-    columns = [rows[f.name].cast(f.type) if f.name in have else pa.nulls(rows.num_rows, f.type) for f in schema]
-    return pa.Table.from_arrays(columns, schema=schema)
+    """The table's columns in the table's order and types (dictionary-encoded strings stay encoded: Parquet
+    stores them as strings); columns the rows lack are null."""
+    columns, fields = [], []
+    for f in schema:
+        if f.name not in rows.column_names:
+            column = pa.nulls(rows.num_rows, f.type)
+        else:
+            column = rows[f.name]
+            if pa.types.is_dictionary(column.type) and column.type.value_type == f.type:
+                f = f.with_type(column.type)
+            elif column.type != f.type:
+                column = column.cast(f.type)
+        columns.append(column)
+        fields.append(f)
+    return pa.Table.from_arrays(columns, schema=pa.schema(fields, metadata=schema.metadata))
 
 
 def to_date(days: int) -> date:
