@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 import pyarrow as pa
 from distributed import Client, as_completed
+from isal.isal_zlib import error as IsalError
 
 from . import stats
 from .commit import commit_partition, committed_sources
@@ -47,7 +48,7 @@ def read_range(source: Source, r: ByteRange, load: str, target: WriteTarget, qta
     rs = settings.read
     result = RangeResult(r.key)
     parts, q_off, q_reason, q_line = [], [], [], []
-    stream = open_range(source, r)
+    stream = _Checked(open_range(source, r), source.url)
     try:
         for item in owned_blocks(stream, r.start, r.end, rs.block_size, rs.max_line, rs.quarantine_line_bytes):
             if isinstance(item, LongLine):
@@ -63,12 +64,6 @@ def read_range(source: Source, r: ByteRange, load: str, target: WriteTarget, qta
             q_off += parsed.bad_offsets
             q_reason += parsed.bad_reasons
             q_line += parsed.bad_lines
-    except EOFError as e:
-        raise LoadError(f"{source.url}: truncated gzip stream ({e})") from None
-    except (OSError, ValueError, RuntimeError) as e:
-        if "gzip" in str(e).lower() or "crc" in str(e).lower() or isinstance(e, (EOFError,)):
-            raise LoadError(f"{source.url}: corrupt gzip stream ({e})") from None
-        raise
     finally:
         stream.close()
     result.written = sum(p.num_rows for p in parts)
@@ -79,6 +74,24 @@ def read_range(source: Source, r: ByteRange, load: str, target: WriteTarget, qta
         load, source.url, target, qtarget, bucket_count_of(target), settings.memory_budget))
     acc.add_range(r.key, parts, quarantine)
     return result
+
+
+class _Checked:
+    """A source stream whose read errors (truncated or corrupt gzip, I/O) become one-line LoadErrors."""
+
+    def __init__(self, stream, url: str):
+        self.stream, self.url = stream, url
+
+    def read(self, n: int) -> bytes:
+        try:
+            return self.stream.read(n)
+        except EOFError as e:
+            raise LoadError(f"{self.url}: truncated gzip stream ({e})") from None
+        except (OSError, ValueError, RuntimeError, IsalError) as e:
+            raise LoadError(f"{self.url}: corrupt or unreadable input ({e})") from None
+
+    def close(self) -> None:
+        self.stream.close()
 
 
 def bucket_count_of(target: WriteTarget) -> int:

@@ -234,3 +234,16 @@ def test_a_small_memory_budget_flushes_often_and_loses_nothing(client, settings,
     assert record["rows_written"] == t.scan().to_arrow().num_rows == 80_000
     assert len(files) > 2 * len(partitions)  # several flushes per worker
     assert as_tuples(t.scan().to_arrow()) == sorted(reference(data)[0])
+
+
+def test_corrupt_gzip_fails_with_one_line_naming_the_file(client, settings, tmp_path):
+    data = b"\n".join(good_lines(5_000, seed=10)) + b"\n"
+    whole = bytearray(gzip.compress(data))
+    whole[len(whole) // 2] ^= 0xFF  # a flipped byte in the deflate stream (a small file: one ISA-L task)
+    bad = tmp_path / "corrupt.csv.gz"
+    bad.write_bytes(bytes(whole))
+    with pytest.raises(LoadError) as err:
+        partition(client, settings, [str(bad)], "FACT")
+    assert str(bad) in str(err.value) and "\n" not in str(err.value)
+    catalog = open_catalog(settings.warehouse, settings.catalog)
+    assert load_table(catalog, table_name("FACT")).current_snapshot() is None
