@@ -24,6 +24,7 @@ from .sources import describe, filesystem
 from .tables import TABLE_PROPERTIES, ensure_namespace, replace_contents
 
 KEY = "campaign_id"
+_FACT_COLUMNS = ("ad_date", "impression_id", "campaign_id", "video_id", "viewing_percentage")
 
 
 @dataclass(frozen=True)
@@ -63,6 +64,10 @@ def read_dimension(url: str, date_column: str | None = None, types: dict | None 
         raise UsageError(f"dimension {url} is not a CSV file with a header: {e}") from None
     if KEY not in names:
         raise UsageError(f"dimension {url} has no {KEY} column (columns: {', '.join(names)})")
+    clash = [n for n in names if n in _FACT_COLUMNS and n not in (KEY, date_column)]
+    if clash:
+        raise UsageError(f"dimension {url}: column(s) {', '.join(clash)} would shadow the impression columns; "
+                         "rename them")
     if date_column and date_column not in names:
         raise UsageError(f"dimension {url} has no date column {date_column!r} (impressions.dimension.date-column)")
     types = dict(types or {})

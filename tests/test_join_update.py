@@ -174,7 +174,9 @@ def test_bad_dimensions_are_usage_errors(client, settings, joined, tmp_path):
     dup.write_text("campaign_id,campaign_name\ncampaign_01,a\ncampaign_01,b\n")
     nokey = tmp_path / "nokey.csv"
     nokey.write_text("id,campaign_name\ncampaign_01,a\n")
-    for bad in (dup, nokey):
+    shadow = tmp_path / "shadow.csv"
+    shadow.write_text("campaign_id,video_id\ncampaign_01,a\n")
+    for bad in (dup, nokey, shadow):
         with pytest.raises(UsageError):
             update(client, settings, str(bad), "FACT_JOINED", "FACT_JOINED")
 
