@@ -17,7 +17,6 @@ from pyiceberg.io.pyarrow import pyarrow_to_schema
 from pyiceberg.partitioning import UNPARTITIONED_PARTITION_SPEC
 from pyiceberg.table.name_mapping import NameMapping, MappedField
 
-from .commit import props_of
 from .errors import UsageError
 from .parse import parse_date
 from .sources import describe, filesystem

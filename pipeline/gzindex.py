@@ -146,12 +146,13 @@ def build_index(source: Source, warehouse: str, spacing: int) -> GzipIndex:
     return index
 
 
-def open_at(source: Source, index: GzipIndex, points: tuple[SeekPoint, ...]) -> Reader:
-    """A rapidgzip reader positioned at the first of `points`, knowing only those seek points."""
+def open_at(source: Source, index: GzipIndex, points: tuple[SeekPoint, ...], offset: int) -> Reader:
+    """A rapidgzip reader positioned at uncompressed `offset`, knowing only `points` (the first one at or
+    before `offset`)."""
     reader = _open_rapidgzip(source, parallelization=1)
     try:
         reader.import_index(io.BytesIO(sub_index(index, points)))
-        reader.seek(points[0].uncompressed)
+        reader.seek(offset)
     except Exception:
         reader.close()
         raise

@@ -6,12 +6,10 @@ reads exactly the lines its range owns, parses them and hands them to the worker
 """
 from __future__ import annotations
 
-import json
 import time
 import uuid
 from dataclasses import dataclass, field
 
-import pyarrow as pa
 from distributed import Client, as_completed
 from isal.isal_zlib import error as IsalError
 
@@ -20,15 +18,16 @@ from .commit import commit_partition, committed_sources
 from .accumulate import Accumulator, accumulator_for, drop_load, finish_load, quarantine_table
 from .config import Settings
 from .errors import LoadError, UsageError
-from .gzindex import build_index
+from .gzindex import build_index, cache_url
 from .loads import Load, load_id, say
 from .parse import parse_block
 from .ranges import ByteRange, LongLine, open_range, owned_blocks, plan_indexed, plan_plain
-from .sources import Source, describe, is_gzip
+from .sources import Source, describe, filesystem, is_gzip
 from .tables import (QUARANTINE_ICEBERG, QUARANTINE_SPEC, WriteTarget, bucket_count, create_or_load, fact_schema,
                      fact_spec, open_catalog, qualified, table_name, table_properties)
 
 STAGE = "partition"
+HEAD_RANGES = 2  # a streaming head task reads this many range sizes while the index pass runs
 
 
 # ------------------------------------------------------------------ worker side
@@ -105,26 +104,30 @@ def bucket_count_of(target: WriteTarget) -> int:
 
 # ------------------------------------------------------------------ driver side
 
-def plan_sources(client: Client, sources: list[Source], settings: Settings) -> list[ByteRange]:
-    """Index passes for big gzip files run as tasks in parallel; then every source is cut into ranges."""
+def start_sources(client: Client, sources: list[Source], settings: Settings):
+    """Plan what can be read at once, and start the index passes that the rest waits for.
+
+    Returns (ranges to read now, {source index: future of its GzipIndex}). A big gzip file without a cached
+    index gets its index pass (a task) and, meanwhile, a streaming *head* task that reads its first
+    `2 × range-size` bytes on another worker, so no worker waits idle for the index.
+    """
     rs = settings.read
     kinds = client.gather([client.submit(is_gzip, s, pure=False) for s in sources])
-    index_futures = {}
+    now, pending = [], {}
     for i, (s, gz) in enumerate(zip(sources, kinds)):
-        if gz and s.size >= rs.small_file:
-            index_futures[i] = client.submit(build_index, s, settings.warehouse, rs.index_spacing,
-                                             key=f"gzindex-{s.fingerprint}", retries=0)
-    if index_futures:
-        say(f"index pass over {len(index_futures)} gzip file(s)...")
-    ranges = []
-    for i, (s, gz) in enumerate(zip(sources, kinds)):
-        if i in index_futures:
-            ranges += plan_indexed(i, index_futures[i].result(), rs.range_size)
-        elif gz:
-            ranges.append(ByteRange(i, 0, 0, None, "stream"))
+        if not gz:
+            now += plan_plain(i, s.size, rs.range_size)
+        elif s.size < rs.small_file:
+            now.append(ByteRange(i, 0, 0, None, "stream"))
         else:
-            ranges += plan_plain(i, s.size, rs.range_size)
-    return ranges
+            fs, path = filesystem(cache_url(settings.warehouse, s))
+            if not fs.exists(path):
+                now.append(ByteRange(i, 0, 0, HEAD_RANGES * rs.range_size, "stream"))
+            pending[i] = client.submit(build_index, s, settings.warehouse, rs.index_spacing,
+                                       key=f"gzindex-{s.fingerprint}", retries=0)
+    if pending:
+        say(f"index pass over {len(pending)} gzip file(s)...")
+    return now, pending
 
 
 def partition(client: Client, settings: Settings, source_urls: list[str], table_arg: str,
@@ -169,9 +172,17 @@ def partition(client: Client, settings: Settings, source_urls: list[str], table_
 
 def _run(client, settings, table, qtable, sources, load: Load, replace: bool) -> dict:
     target, qtarget = WriteTarget.of(table), WriteTarget.of(qtable)
-    ranges = plan_sources(client, sources, settings)
+    lid = load.load_id
+    ranges, pending = start_sources(client, sources, settings)
+    futures = _submit(client, sources, ranges, lid, target, qtarget, settings)
+    for i, index in pending.items():
+        head = next((r for r in ranges if r.source_index == i), None)
+        more = plan_indexed(i, _result(index, futures), settings.read.range_size,
+                            start=head.end if head else 0, first_number=1 if head else 0)
+        ranges += more
+        futures += _submit(client, sources, more, lid, target, qtarget, settings)
     say(f"{len(ranges)} read task(s) over {len(sources)} source(s); dashboard: {client.dashboard_link}")
-    results = _read_all(client, sources, ranges, load.load_id, target, qtarget, settings)
+    results = _collect(futures)
 
     files, qfiles, seen = [], [], {}
     for attempt in range(3):
@@ -213,22 +224,34 @@ def _run(client, settings, table, qtable, sources, load: Load, replace: bool) ->
     )
 
 
-def _read_all(client, sources, ranges, lid, target, qtarget, settings) -> dict:
-    futures = [client.submit(read_range, sources[r.source_index], r, lid, target, qtarget, settings,
-                             key=f"read-{lid}-{r.key}-{uuid.uuid4().hex[:6]}", retries=0) for r in ranges]
+def _submit(client, sources, ranges, lid, target, qtarget, settings) -> list:
+    return [client.submit(read_range, sources[r.source_index], r, lid, target, qtarget, settings,
+                          key=f"read-{lid}-{r.key}-{uuid.uuid4().hex[:6]}", retries=0) for r in ranges]
+
+
+def _result(future, others: list):
+    """A future's result; on failure the other tasks of the load are cancelled first."""
+    try:
+        return future.result()
+    except Exception:
+        for f in others:
+            f.cancel()
+        raise
+
+
+def _collect(futures) -> dict:
     results = {}
     progress = Progress(len(futures), "read")
     for fut in as_completed(futures):
-        try:
-            res = fut.result()
-        except LoadError:
-            for f in futures:
-                f.cancel()
-            raise
+        res = _result(fut, futures)
         results[res.key] = res
         progress.step(res.uncompressed)
     progress.close()
     return results
+
+
+def _read_all(client, sources, ranges, lid, target, qtarget, settings) -> dict:
+    return _collect(_submit(client, sources, ranges, lid, target, qtarget, settings))
 
 
 class Progress:

@@ -7,6 +7,7 @@ Lines longer than `max_line` are never held whole: they are cut, quarantined as 
 """
 from __future__ import annotations
 
+from bisect import bisect_left, bisect_right
 from dataclasses import dataclass, replace
 from typing import Iterator
 
@@ -33,23 +34,31 @@ class ByteRange:
         return f"{self.source_index}:{self.number}"
 
 
-def plan_indexed(source_index: int, index: GzipIndex, range_size: int) -> list[ByteRange]:
-    """Group consecutive seek points into ranges of about `range_size` uncompressed bytes."""
+def plan_indexed(source_index: int, index: GzipIndex, range_size: int, start: int = 0,
+                 first_number: int = 0) -> list[ByteRange]:
+    """Ranges of about `range_size` uncompressed bytes over [start, end of stream), cut at seek points.
+
+    `start` need not be a seek point (the part before it may have been read by a streaming head task while
+    the index was built): the first range opens at the point before it and inflates forward to it.
+    """
     points = [p for p in index.points if p.uncompressed < index.uncompressed_size]
     if not points:  # an empty stream still gets one (empty) range, so it is accounted for
-        return [ByteRange(source_index, 0, 0, None, "stream")]
-    starts = [points[0]]
-    for p in points[1:]:
-        if p.uncompressed - starts[-1].uncompressed >= range_size:
-            starts.append(p)
+        return [ByteRange(source_index, first_number, start, None, "stream")] if start == 0 else []
+    if start >= index.uncompressed_size:
+        return []
+    bounds = [start]
+    for p in points:
+        if p.uncompressed - bounds[-1] >= range_size:
+            bounds.append(p.uncompressed)
     header = replace(index, points=())
+    offsets = [p.uncompressed for p in points]
     ranges = []
-    for i, p in enumerate(starts):
-        end = starts[i + 1].uncompressed if i + 1 < len(starts) else None
-        first = points.index(p)
-        last = points.index(starts[i + 1]) + 1 if end is not None else len(points) - 1
+    for i, lo in enumerate(bounds):
+        end = bounds[i + 1] if i + 1 < len(bounds) else None
+        first = bisect_right(offsets, lo) - 1  # the last point at or before the range's start
+        last = bisect_left(offsets, end) + 1 if end is not None else len(points) - 1
         span = tuple(points[first:last + 1])  # one point past `end` covers the line that crosses it
-        ranges.append(ByteRange(source_index, i, p.uncompressed, end, "indexed", header, span))
+        ranges.append(ByteRange(source_index, first_number + i, lo, end, "indexed", header, span))
     return ranges
 
 
@@ -64,7 +73,7 @@ def plan_plain(source_index: int, size: int, range_size: int) -> list[ByteRange]
 def open_range(source, r: ByteRange):
     """A binary stream positioned at r.start."""
     if r.mode == "indexed":
-        return open_at(source, r.index, r.points)
+        return open_at(source, r.index, r.points, r.start)
     if r.mode == "stream":
         from isal import igzip
 
@@ -122,7 +131,6 @@ def owned_blocks(stream, start: int, end: int | None, block_size: int, max_line:
         if len(buf) > max_line:
             # Quarantine the line by its prefix and discard the rest of it without buffering.
             yield LongLine(pos, bytes(buf[:keep_bytes]))
-            line_start = pos
             pos += len(buf)
             buf = b""
             while True:
@@ -137,7 +145,6 @@ def owned_blocks(stream, start: int, end: int | None, block_size: int, max_line:
                         return
                     break
                 pos += len(chunk)
-            del line_start
             continue
         # Near `end` only the last owned line is missing: read it in small, doubling steps (reading far past
         # the range leaves its seek points, where inflating is ~10x slower).

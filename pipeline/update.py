@@ -17,8 +17,6 @@ import uuid
 import pyarrow as pa
 from distributed import Client
 
-from . import stats
-from .accumulate import FileRecord
 from .bucket import bucket_array
 from .commit import (PROP_DIMENSION, PROP_LOAD, PROP_STATS, commit_files, history, load_file_stats, props_of,
                      write_stats_file)
