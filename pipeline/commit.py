@@ -10,11 +10,11 @@ import json
 import time
 import uuid
 
-from pyiceberg.exceptions import CommitFailedException, ValidationException
 from pyiceberg.expressions import EqualTo
 
 from .errors import LoadError
 from .loads import Load, say
+from .tables import CONFLICTS, commit_snapshot
 
 PROP_LOAD = "impressions.load-id"
 PROP_STAGE = "impressions.stage"
@@ -34,6 +34,15 @@ def history(table):
 
 def props_of(snapshot) -> dict:
     return dict(snapshot.summary.additional_properties) if snapshot.summary else {}
+
+
+def latest_id(table, key: str) -> int | None:
+    """The newest snapshot property `key` in the table's history, as an int (a snapshot id), or None."""
+    for snapshot in history(table):
+        value = props_of(snapshot).get(key)
+        if value:
+            return int(value)
+    return None
 
 
 def write_stats_file(table, load_id: str, files: list[dict]) -> str:
@@ -84,17 +93,8 @@ def commit_files(table, load: Load, stage: str, adds: list, plan_deletes, proper
         if deletes is None:  # the plan found nothing left to do
             return table
         try:
-            tx = table.transaction()
-            producer = tx.update_snapshot(snapshot_properties=props)
-            with (producer.overwrite() if deletes else producer.fast_append()) as op:
-                for df in deletes:
-                    op.delete_data_file(df)
-                for df in adds:
-                    op.append_data_file(df)
-            return tx.commit_transaction()
-        except (CommitFailedException, ValidationException) as e:
-            # another writer committed first (pyiceberg's overwrite validation may notice it before the
-            # catalog does): reload and plan the deletes again against the new snapshot
+            return commit_snapshot(table, props, deletes, adds)
+        except CONFLICTS as e:  # another writer committed first: reload, plan the deletes again
             say(f"commit conflict on {table.name()} ({e}); re-planning (attempt {attempt + 2}/{ATTEMPTS})")
             time.sleep(0.2 * (attempt + 1))
             table = table.refresh()

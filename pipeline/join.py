@@ -15,7 +15,7 @@ from distributed import Client, as_completed
 from . import stats
 from .accumulate import FileRecord
 from .bucket import bucket_of
-from .commit import (PROP_DIMENSION, PROP_STATS, commit_files, history, props_of, write_stats_file)
+from .commit import PROP_DIMENSION, PROP_STATS, commit_files, latest_id, props_of, write_stats_file
 from .dimension import Dimension, read_dimension, store
 from .errors import LoadError, UsageError
 from .loads import Load, load_id, say
@@ -138,14 +138,6 @@ def run_file_tasks(client: Client, src: WriteTarget, dst: WriteTarget, paths: li
     return out
 
 
-def last_source_snapshot(table) -> int | None:
-    for snapshot in history(table):
-        value = props_of(snapshot).get(PROP_SOURCE_SNAPSHOT)
-        if value:
-            return int(value)
-    return None
-
-
 def join(client: Client, settings, dimension_url: str, source_arg: str, table_arg: str, full: bool = False) -> dict:
     catalog = open_catalog(settings.warehouse, settings.catalog)
     src_ident = table_name(source_arg, settings.namespace)
@@ -164,7 +156,7 @@ def join(client: Client, settings, dimension_url: str, source_arg: str, table_ar
     if bucket_count(target) != bucket_count(source):
         raise UsageError(f"{qualified(dst_ident)} has {bucket_count(target)} buckets, the source {bucket_count(source)}")
     current = {t.file.file_path: t.file for t in source.scan().plan_files()} if src_snapshot else {}
-    done_at = last_source_snapshot(target)
+    done_at = latest_id(target, PROP_SOURCE_SNAPSHOT)
     if not full and done_at is not None and target.current_snapshot() is not None:
         if src_snapshot and done_at == src_snapshot.snapshot_id:
             return load.finish("SKIPPED", rows_read=0, rows_written=0, rows_quarantined=0, quarantine={},

@@ -12,7 +12,8 @@ from datetime import date
 
 import pyarrow as pa
 from pyiceberg.catalog import Catalog
-from pyiceberg.exceptions import NamespaceAlreadyExistsError, NoSuchTableError, TableAlreadyExistsError
+from pyiceberg.exceptions import (CommitFailedException, NamespaceAlreadyExistsError, NoSuchTableError,
+                                 TableAlreadyExistsError, ValidationException)
 from pyiceberg.io import load_file_io
 from pyiceberg.io.pyarrow import (_get_parquet_writer_kwargs, compute_statistics_plan,
                                   data_file_statistics_from_parquet_metadata, parquet_path_to_id_mapping,
@@ -276,6 +277,25 @@ def to_date(days: int) -> date:
     return date.fromordinal(date(1970, 1, 1).toordinal() + int(days))
 
 
+def commit_snapshot(table: Table, properties: dict, deletes: list, adds: list) -> Table:
+    """One attempt at ONE snapshot that deletes and adds data files (an append when nothing is deleted).
+
+    Raises one of CONFLICTS when another writer committed first: the caller reloads and plans again.
+    """
+    tx = table.transaction()
+    producer = tx.update_snapshot(snapshot_properties=properties)
+    with (producer.overwrite() if deletes else producer.fast_append()) as op:
+        for df in deletes:
+            op.delete_data_file(df)
+        for df in adds:
+            op.append_data_file(df)
+    return tx.commit_transaction()
+
+
+# pyiceberg's overwrite validation may notice a concurrent commit before the catalog does
+CONFLICTS = (CommitFailedException, ValidationException)
+
+
 def replace_contents(table: Table, rows: pa.Table, properties: dict, attempts: int = 5) -> Table:
     """Replace a small table's whole contents in ONE overwrite snapshot (pyiceberg's overwrite makes two).
 
@@ -284,22 +304,14 @@ def replace_contents(table: Table, rows: pa.Table, properties: dict, attempts: i
     """
     import time
 
-    from pyiceberg.exceptions import CommitFailedException, ValidationException
     from pyiceberg.io.pyarrow import _dataframe_to_data_files
 
     new = list(_dataframe_to_data_files(table.metadata, rows, table.io)) if rows.num_rows else []
     for attempt in range(attempts):
         old = [task.file for task in table.scan().plan_files()] if table.current_snapshot() else []
         try:
-            tx = table.transaction()
-            producer = tx.update_snapshot(snapshot_properties=properties)
-            with (producer.overwrite() if old else producer.fast_append()) as op:
-                for df in old:
-                    op.delete_data_file(df)
-                for df in new:
-                    op.append_data_file(df)
-            return tx.commit_transaction()
-        except (CommitFailedException, ValidationException):
+            return commit_snapshot(table, properties, old, new)
+        except CONFLICTS:
             time.sleep(0.1 * (attempt + 1))
             table = table.refresh()
     raise CommitFailedException(f"could not replace the contents of {'.'.join(table.name())}: concurrent writers")

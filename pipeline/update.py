@@ -18,7 +18,7 @@ import pyarrow as pa
 from distributed import Client
 
 from .bucket import bucket_array
-from .commit import (PROP_DIMENSION, PROP_LOAD, PROP_STATS, commit_files, history, load_file_stats, props_of,
+from .commit import (PROP_DIMENSION, PROP_LOAD, PROP_STATS, commit_files, latest_id, load_file_stats, props_of,
                      write_stats_file)
 from .dimension import changed_keys, load_version, read_dimension, store, upsert
 from .errors import LoadError, UsageError
@@ -37,11 +37,8 @@ class Replan(Exception):
 
 
 def dimension_snapshot_of(table) -> int | None:
-    for snapshot in history(table):
-        value = props_of(snapshot).get(PROP_DIMENSION)
-        if value:
-            return int(value)
-    return None
+    """The dimension version the table was last built from."""
+    return latest_id(table, PROP_DIMENSION)
 
 
 def affected_partitions(changed: pa.Table, keys, buckets: int) -> set:
