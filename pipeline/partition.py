@@ -109,9 +109,10 @@ def start_sources(client: Client, sources: list[Source], settings: Settings):
 
     Returns (ranges to read now, {source index: future of its GzipIndex}). A big gzip file without a cached
     index gets its index pass (a task) and, meanwhile, a streaming *head* task that reads its first
-    `2 × range-size` bytes on another worker, so no worker waits idle for the index.
+    first bytes (up to 2 × range-size) on another worker, so no worker waits idle for the index.
     """
     rs = settings.read
+    workers = max(1, len(client.scheduler_info(n_workers=-1)["workers"]))
     kinds = client.gather([client.submit(is_gzip, s, pure=False) for s in sources])
     now, pending = [], {}
     for i, (s, gz) in enumerate(zip(sources, kinds)):
@@ -122,12 +123,18 @@ def start_sources(client: Client, sources: list[Source], settings: Settings):
         else:
             fs, path = filesystem(cache_url(settings.warehouse, s))
             if not fs.exists(path):
-                now.append(ByteRange(i, 0, 0, HEAD_RANGES * rs.range_size, "stream"))
+                now.append(ByteRange(i, 0, 0, _head_size(s.size, workers, rs), "stream"))
             pending[i] = client.submit(build_index, s, settings.warehouse, rs.index_spacing,
                                        key=f"gzindex-{s.fingerprint}", retries=0)
     if pending:
         say(f"index pass over {len(pending)} gzip file(s)...")
     return now, pending
+
+
+def _head_size(compressed: int, workers: int, rs) -> int:
+    """What the head task reads: at most HEAD_RANGES ranges, and at most about half of one worker's share
+    of the file (CSV inflates ~4x), so a mid-sized file is still read by several tasks."""
+    return max(rs.block_size, min(HEAD_RANGES * rs.range_size, compressed * 4 // (2 * workers)))
 
 
 def partition(client: Client, settings: Settings, source_urls: list[str], table_arg: str,
