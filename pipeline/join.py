@@ -182,8 +182,17 @@ def join(client: Client, settings, dimension_url: str, source_arg: str, table_ar
                                  target_columns(target), "join")
         records = [r["record"] for r in results if r["record"] is not None]
         stats_path = write_stats_file(target, lid, [r.summary() for r in records])
-        old = (lambda t: [task.file for task in t.scan().plan_files()]) if full else None
-        commit_files(target, load, STAGE, [r.data_file for r in records], old, {
+        def plan(t):
+            """A rebuild replaces whatever the target holds now; an incremental join appends, but only if no
+            other join has advanced the target meanwhile (its files would then be appended twice)."""
+            if full:
+                return [task.file for task in t.scan().plan_files()] if t.current_snapshot() else []
+            if latest_id(t, PROP_SOURCE_SNAPSHOT) != done_at:
+                raise LoadError(f"another join committed to {qualified(dst_ident)} meanwhile; nothing committed, "
+                                "run the join again")
+            return []
+
+        commit_files(target, load, STAGE, [r.data_file for r in records], plan, {
             PROP_SOURCE_SNAPSHOT: str(src_snapshot.snapshot_id) if src_snapshot else "",
             PROP_DIMENSION: str(dim_snapshot), PROP_STATS: stats_path,
             "impressions.sources": json.dumps([dim.source]),

@@ -298,3 +298,17 @@ def test_date_keyed_dimension_touches_only_the_changed_dates(client, settings, d
     names = Counter(zip([d.isoformat() for d in mine["ad_date"].to_pylist()], mine["campaign_name"].to_pylist()))
     assert {d for (d, n) in names if n == "only on the 2nd"} == {"2019-01-02"}
     assert all(n == dim[cid]["campaign_name"] for (d, n) in names if d != "2019-01-02")
+
+
+def test_racing_joins_never_duplicate_rows(settings, data, joined, tmp_path):
+    more = generate(str(tmp_path / "more"), rows=5_000, days=2, campaigns=30, changed=0, seed=13)
+    done = subprocess.run(_cli(settings, "partition", more["impressions"], "FACT_PARTITIONED"), capture_output=True)
+    assert done.returncode == 0, done.stderr.decode()[-2000:]
+    procs = [subprocess.Popen(_cli(settings, "join", data["campaigns"], "FACT_PARTITIONED", "FACT_JOINED"),
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(2)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    codes = sorted(p.returncode for p in procs)
+    assert codes in ([0, 0], [0, 1]), [o[1].decode()[-1500:] for o in outs]
+    catalog = catalog_of(settings)
+    joined_rows = load_table(catalog, table_name("FACT_JOINED")).scan().to_arrow().num_rows
+    assert joined_rows == load_table(catalog, table_name("FACT_PARTITIONED")).scan().to_arrow().num_rows == 125_000
