@@ -19,11 +19,11 @@ from pyiceberg.table.name_mapping import NameMapping, MappedField
 
 from .errors import UsageError
 from .parse import parse_date
+from .schema import COLUMNS
 from .sources import describe, filesystem
 from .tables import TABLE_PROPERTIES, ensure_namespace, replace_contents
 
 KEY = "campaign_id"
-_FACT_COLUMNS = ("ad_date", "impression_id", "campaign_id", "video_id", "viewing_percentage")
 
 
 @dataclass(frozen=True)
@@ -63,7 +63,7 @@ def read_dimension(url: str, date_column: str | None = None, types: dict | None 
         raise UsageError(f"dimension {url} is not a CSV file with a header: {e}") from None
     if KEY not in names:
         raise UsageError(f"dimension {url} has no {KEY} column (columns: {', '.join(names)})")
-    clash = [n for n in names if n in _FACT_COLUMNS and n not in (KEY, date_column)]
+    clash = [n for n in names if n in COLUMNS and n not in (KEY, date_column)]
     if clash:
         raise UsageError(f"dimension {url}: column(s) {', '.join(clash)} would shadow the impression columns; "
                          "rename them")

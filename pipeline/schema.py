@@ -3,14 +3,6 @@ import pyarrow as pa
 
 COLUMNS = ["ad_date", "impression_id", "campaign_id", "video_id", "viewing_percentage"]
 
-FACT_SCHEMA = pa.schema([
-    pa.field("ad_date", pa.date32()),
-    pa.field("impression_id", pa.int64()),
-    pa.field("campaign_id", pa.string()),
-    pa.field("video_id", pa.string()),
-    pa.field("viewing_percentage", pa.float64()),
-])
-
 # What parsing hands to the partition stage: the low-cardinality strings stay dictionary-encoded (less memory
 # while rows wait for their partition file, cheap sorting and bucketing); they become strings when written.
 _DICT = pa.dictionary(pa.int32(), pa.string())
@@ -30,4 +22,5 @@ QUARANTINE_SCHEMA = pa.schema([
     pa.field("line", pa.binary()),
 ])
 
-REASONS = ("field_count", "bad_date", "bad_number", "out_of_range", "empty_campaign", "encoding", "line_too_long")
+# Quarantine reasons (DESIGN.md): field_count, bad_date, bad_number, out_of_range, empty_campaign, encoding,
+# line_too_long.
