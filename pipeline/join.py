@@ -52,46 +52,22 @@ def read_file(target: WriteTarget, path: str) -> pa.Table:
         return pq.read_table(f)
 
 
-def join_file(src: WriteTarget, dst: WriteTarget, path: str, dim_rows: pa.Table, attributes: list[str],
-              columns: list[tuple[str, str]]) -> dict:
-    """Read one source file, join it, write it into the same partition of the target."""
+def join_file(src: WriteTarget, dst: WriteTarget, path: str, dim_rows: pa.Table, attributes: list[str]) -> dict:
+    """Read one source file, join it, write it into the same partition of the target (whose writer puts the
+    columns in the target's order and types, and fills the ones the rows lack with nulls)."""
     facts = read_file(src, path)
     result = {"source_file": path, "rows_read": facts.num_rows, "orphans": 0, "record": None}
     if facts.num_rows == 0:
         return result
     joined, orphans = join_rows(facts, dim_rows, attributes)
-    joined = conform(joined, columns)
-    values = (joined["ad_date"][0].as_py(), bucket_of(joined["campaign_id"][0].as_py(), bucket_count_meta(dst)))
+    values = (joined["ad_date"][0].as_py(), bucket_of(joined["campaign_id"][0].as_py(), bucket_count(dst.metadata)))
     (data_file,) = write_data_files(dst, [(values, joined)])
     result["orphans"] = orphans
     result["record"] = FileRecord(data_file, path, stats.chunk(joined["viewing_percentage"]))
     return result
 
 
-def bucket_count_meta(target: WriteTarget) -> int:
-    from pyiceberg.transforms import BucketTransform
-
-    return next(f.transform.num_buckets for f in target.metadata.spec().fields
-                if isinstance(f.transform, BucketTransform))
-
-
-def conform(rows: pa.Table, columns: list[tuple[str, str]]) -> pa.Table:
-    """Rows in the target's column order and types; columns the rows lack become null."""
-    arrays = []
-    for name, type_name in columns:
-        typ = pa.type_for_alias(type_name) if type_name else pa.string()
-        arrays.append(rows[name].cast(typ) if name in rows.column_names else pa.nulls(rows.num_rows, typ))
-    return pa.table(arrays, names=[c for c, _ in columns])
-
-
 # ------------------------------------------------------------------ driver side
-
-def target_columns(table) -> list[tuple[str, str]]:
-    from pyiceberg.io.pyarrow import schema_to_pyarrow
-
-    schema = schema_to_pyarrow(table.schema(), include_field_ids=False)
-    return [(f.name, str(f.type).replace("large_", "")) for f in schema]
-
 
 def evolve(table, dim: Dimension):
     """Add the dimension's attribute columns the table lacks (Iceberg schema evolution)."""
@@ -123,12 +99,12 @@ def dimension_snapshot(catalog, settings, namespace: str, dim: Dimension, lid: s
 
 
 def run_file_tasks(client: Client, src: WriteTarget, dst: WriteTarget, paths: list[str], dim: Dimension,
-                   columns, label: str) -> list[dict]:
+                   label: str) -> list[dict]:
     """Broadcast the dimension once, then one join task per file."""
     from .partition import Progress
 
     dim_future = client.scatter(broadcast_copy(dim), broadcast=True, hash=False)
-    futures = [client.submit(join_file, src, dst, p, dim_future, dim.attributes, columns, pure=False) for p in paths]
+    futures = [client.submit(join_file, src, dst, p, dim_future, dim.attributes, pure=False) for p in paths]
     progress = Progress(len(futures), label)
     out = []
     for fut in as_completed(futures):
@@ -178,10 +154,10 @@ def join(client: Client, settings, dimension_url: str, source_arg: str, table_ar
     try:
         dim_snapshot = dimension_snapshot(catalog, settings, dst_ident[0], dim, lid, "dimension")
         target = evolve(target, dim)
-        results = run_file_tasks(client, WriteTarget.of(source), WriteTarget.of(target), paths, dim,
-                                 target_columns(target), "join")
+        results = run_file_tasks(client, WriteTarget.of(source), WriteTarget.of(target), paths, dim, "join")
         records = [r["record"] for r in results if r["record"] is not None]
         stats_path = write_stats_file(target, lid, [r.summary() for r in records])
+
         def plan(t):
             """A rebuild replaces whatever the target holds now; an incremental join appends, but only if no
             other join has advanced the target meanwhile (its files would then be appended twice)."""

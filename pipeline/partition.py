@@ -70,7 +70,7 @@ def read_range(source: Source, r: ByteRange, load: str, target: WriteTarget, qta
         result.quarantine[reason] = result.quarantine.get(reason, 0) + 1
     quarantine = quarantine_table(load, source.url, q_off, q_reason, q_line) if q_off else None
     acc = accumulator_for(load, r.source_index, lambda: Accumulator(
-        load, source.url, target, qtarget, bucket_count_of(target), settings.memory_budget))
+        load, source.url, target, qtarget, bucket_count(target.metadata), settings.memory_budget))
     acc.add_range(r.key, parts, quarantine)
     return result
 
@@ -93,23 +93,14 @@ class _Checked:
         self.stream.close()
 
 
-def bucket_count_of(target: WriteTarget) -> int:
-    from pyiceberg.transforms import BucketTransform
-
-    for f in target.metadata.spec().fields:
-        if isinstance(f.transform, BucketTransform):
-            return f.transform.num_buckets
-    raise ValueError("table is not bucketed")
-
-
 # ------------------------------------------------------------------ driver side
 
 def start_sources(client: Client, sources: list[Source], settings: Settings):
     """Plan what can be read at once, and start the index passes that the rest waits for.
 
     Returns (ranges to read now, {source index: future of its GzipIndex}). A big gzip file without a cached
-    index gets its index pass (a task) and, meanwhile, a streaming *head* task that reads its first
-    first bytes (up to 2 × range-size) on another worker, so no worker waits idle for the index.
+    index gets its index pass (a task) and, meanwhile, a streaming *head* task that reads the file's first
+    bytes (up to HEAD_RANGES × range-size) on another worker, so no worker waits idle for the index.
     """
     rs = settings.read
     workers = max(1, len(client.scheduler_info(n_workers=-1)["workers"]))

@@ -152,11 +152,13 @@ def fact_spec(buckets: int) -> PartitionSpec:
     )
 
 
-def bucket_count(table: Table) -> int:
+def bucket_count(table: Table | TableMetadata) -> int:
+    """N of the table's bucket[N](campaign_id) field (a Table, or the metadata a worker holds)."""
     for f in table.spec().fields:
         if isinstance(f.transform, BucketTransform):
             return f.transform.num_buckets
-    raise UsageError(f"table {table.name()} is not bucketed on campaign_id")
+    location = table.metadata.location if isinstance(table, Table) else table.location
+    raise UsageError(f"table at {location} is not bucketed on campaign_id")
 
 
 QUARANTINE_ICEBERG = Schema(

@@ -22,7 +22,7 @@ from .commit import (PROP_DIMENSION, PROP_LOAD, PROP_STATS, commit_files, latest
                      write_stats_file)
 from .dimension import changed_keys, load_version, read_dimension, store, upsert
 from .errors import LoadError, UsageError
-from .join import evolve, run_file_tasks, target_columns
+from .join import evolve, run_file_tasks
 from .loads import Load, emit, load_id, say
 from .sources import filesystem, is_remote
 from .tables import (bucket_count, create_or_load, load_table, open_catalog, qualified, table_name, to_date,
@@ -156,16 +156,16 @@ def _rewrite(client, catalog, settings, source, dst_ident, in_place, merged, cha
     target = evolve(_with_source_columns(target, source), merged)
     if not in_place:
         _check_same_field_ids(source, target)
-    columns = target_columns(target)
     results = run_file_tasks(client, WriteTarget.of(source), WriteTarget.of(target), [f.file_path for f in hit],
-                             merged, columns, "rewrite")
+                             merged, "rewrite")
     records = [r["record"] for r in results if r["record"] is not None]
     copies = [] if in_place else _copy_files(source, target, keep)
-    stats_src = load_file_stats(source)
+    stats_src = load_file_stats(source) if copies else {}
     stats_files = [r.summary() for r in records] + [
         {**stats_src[old.file_path], "path": new.file_path} for old, new in copies if old.file_path in stats_src]
     stats_path = write_stats_file(target, lid, stats_files)
     hit_paths = {f.file_path for f in hit}
+    hit_partitions = {_partition_of(f) for f in hit}
 
     def plan_deletes(t):
         current = [task.file for task in t.scan().plan_files()] if t.current_snapshot() else []
@@ -177,7 +177,7 @@ def _rewrite(client, catalog, settings, source, dst_ident, in_place, merged, cha
         present = {f.file_path for f in current}
         if not hit_paths <= present:
             raise Replan("files to rewrite were changed by another commit")
-        affected_now = {f.file_path for f in current if _partition_of(f) in {_partition_of(h) for h in hit}}
+        affected_now = {f.file_path for f in current if _partition_of(f) in hit_partitions}
         if affected_now - hit_paths:
             raise Replan("new files arrived in the affected partitions")
         return [f for f in current if f.file_path in hit_paths]
