@@ -79,7 +79,7 @@ def _count_in(positions: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np
 def parse_block(block: bytes, offset: int, keep_bytes: int = 65536) -> Parsed:
     """Parse `block` (complete lines; the last may lack its newline) that starts at stream `offset`."""
     fast = _parse_clean(block, offset, keep_bytes)
-    if fast is not None:
+    if isinstance(fast, Parsed):
         return fast
     buf = np.frombuffer(block, dtype=np.uint8)
     starts, ends, cends = _line_spans(buf)
@@ -93,7 +93,9 @@ def parse_block(block: bytes, offset: int, keep_bytes: int = 65536) -> Parsed:
     result = Parsed(PARSED_SCHEMA.empty_table(), nlines)
     tables = []
     if simple.all():
-        tables.append(_parse_simple(block, starts, cends, offset, result, keep_bytes))
+        # the same bytes the clean path saw: if its typed parse failed, go straight to the raw one
+        tables.append(_parse_simple(block, starts, cends, offset, result, keep_bytes,
+                                    typed=fast is not _TYPED_FAILED))
     else:
         idx = np.flatnonzero(simple)
         if len(idx):
@@ -108,12 +110,16 @@ def parse_block(block: bytes, offset: int, keep_bytes: int = 65536) -> Parsed:
     return result
 
 
-def _parse_clean(block: bytes, offset: int, keep_bytes: int) -> Parsed | None:
+_TYPED_FAILED = "typed parse failed"
+
+
+def _parse_clean(block: bytes, offset: int, keep_bytes: int) -> Parsed | str | None:
     """The common case in one typed Arrow parse: no quotes, and exactly one row per line.
 
     Arrow also ends a row at a lone CR, and with empty lines kept a stray CR yields an empty or short row:
     so "as many 5-field rows as newlines" proves the block has no odd line. Lines are located only if a
-    value check fails (to name their offsets). None: use the careful path.
+    value check fails (to name their offsets). Otherwise None, or _TYPED_FAILED when Arrow's typed parse
+    rejected the block (so the careful path need not try it again on the same bytes).
     """
     if not block or b'"' in block:
         return None
@@ -122,7 +128,7 @@ def _parse_clean(block: bytes, offset: int, keep_bytes: int) -> Parsed | None:
         t = pacsv.read_csv(pa.py_buffer(block), read_options=_READ, parse_options=_PARSE_STRICT,
                            convert_options=_TYPED)
     except (pa.ArrowInvalid, UnicodeDecodeError):
-        return None
+        return _TYPED_FAILED
     if t.num_rows != lines:
         return None
     result = Parsed(PARSED_SCHEMA.empty_table(), lines)
@@ -130,10 +136,13 @@ def _parse_clean(block: bytes, offset: int, keep_bytes: int) -> Parsed | None:
     return result
 
 
-def _parse_simple(data: bytes, starts, cends, offset, result: Parsed, keep_bytes, original=None) -> pa.Table:
-    """Lines with exactly five unquoted fields: typed parse, then column checks."""
+def _parse_simple(data: bytes, starts, cends, offset, result: Parsed, keep_bytes, original=None,
+                  typed: bool = True) -> pa.Table:
+    """Lines with exactly five unquoted fields: typed parse (unless known to fail), then column checks."""
     src, line_starts, line_ends = original if original is not None else (data, starts, cends)
     try:
+        if not typed:
+            raise pa.ArrowInvalid("typed parse already failed on these bytes")
         t = pacsv.read_csv(pa.py_buffer(data), read_options=_READ, parse_options=_PARSE, convert_options=_TYPED)
         if t.num_rows != len(line_starts):
             raise pa.ArrowInvalid("row count mismatch")
@@ -153,9 +162,9 @@ def _one_dict(col) -> pa.DictionaryArray:
 def _dict_dates(col) -> tuple[pa.Array, np.ndarray]:
     """date32 values and a validity mask, validating each distinct date string once."""
     col = _one_dict(col)
-    dictionary = col.dictionary.to_pylist()
-    days = np.array([(d - _EPOCH).days if d else 0 for d in map(parse_date, dictionary)], dtype=np.int32)
-    ok_dict = np.array([parse_date(s) is not None for s in dictionary], dtype=bool)
+    parsed = [parse_date(s) for s in col.dictionary.to_pylist()]
+    days = np.array([(d - _EPOCH).days if d else 0 for d in parsed], dtype=np.int32)
+    ok_dict = np.array([d is not None for d in parsed], dtype=bool)
     codes = col.indices.to_numpy(zero_copy_only=False)
     return pa.array(days[codes], type=pa.int32()).cast(pa.date32()), ok_dict[codes]
 
