@@ -38,9 +38,7 @@ class FileRecord:
 def sort_by_partition(rows: pa.Table, buckets: int) -> tuple[pa.Table, np.ndarray, np.ndarray]:
     """Rows sorted by partition, with each group's key and start offset (plus the end)."""
     days = rows["ad_date"].cast(pa.int32()).to_numpy(zero_copy_only=False).astype(np.int64)
-    bucket = bucket_array(rows["campaign_id"], buckets)
-    bucket = (bucket.to_numpy(zero_copy_only=False) if not isinstance(bucket, pa.ChunkedArray)
-              else bucket.combine_chunks().to_numpy(zero_copy_only=False)).astype(np.int64)
+    bucket = bucket_array(rows["campaign_id"], buckets).to_numpy(zero_copy_only=False).astype(np.int64)
     key = days * buckets + bucket
     low = int(key.min()) if len(key) else 0
     if len(key) and int(key.max()) - low < 1 << 16:

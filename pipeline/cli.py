@@ -155,21 +155,22 @@ def _dispatch(args) -> int:
             return 1
         return 0
     if args.command in ("join", "update"):
-        from .dimension import read_dimension
+        from .dimension import as_dimension
 
-        # a bad dimension file (missing, no key column, duplicate keys) fails before a cluster starts
-        read_dimension(args.dimension, settings.dimension_date_column, settings.dimension_types)
+        # read once, here: a bad dimension file (missing, no key column, duplicate keys) fails before a
+        # cluster starts
+        dimension = as_dimension(args.dimension, settings)
     if args.command == "join":
         from .join import join
 
         with _client(settings) as client:
-            join(client, settings, args.dimension, args.source_table, args.table, full=args.full)
+            join(client, settings, dimension, args.source_table, args.table, full=args.full)
         return 0
     if args.command == "update":
         from .update import update
 
         with _client(settings) as client:
-            update(client, settings, args.dimension, args.source_table, args.table,
+            update(client, settings, dimension, args.source_table, args.table,
                    full_snapshot=args.full_snapshot, dry_run=args.dry_run)
         return 0
     if args.command == "run":

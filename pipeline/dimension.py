@@ -118,6 +118,13 @@ def _check_unique(t: pa.Table, keys, url: str) -> None:
 
 # ------------------------------------------------------------------ versions and diffs
 
+def as_dimension(dimension: "str | Dimension", settings) -> Dimension:
+    """A dimension given by URL is read (and checked) here; one already read is used as it is."""
+    if isinstance(dimension, Dimension):
+        return dimension
+    return read_dimension(dimension, settings.dimension_date_column, settings.dimension_types)
+
+
 def upsert(old: Dimension, new: Dimension, full_snapshot: bool) -> Dimension:
     """The dimension after applying an update file (changed or new rows), or the file itself as a snapshot."""
     if full_snapshot or old is None:

@@ -109,17 +109,13 @@ class Reader:
             self._file.close()
 
 
-def _open_rapidgzip(source: Source, **kw) -> Reader:
-    return Reader(source, **kw)
-
-
 def build_index(source: Source, warehouse: str, spacing: int) -> GzipIndex:
     """The index pass (runs as a task): inflate everything, check CRCs and completeness, cache the index."""
     url = cache_url(warehouse, source)
     fs, path = filesystem(url)
     if fs.exists(path):
         return parse_index(fs.cat_file(path), url)
-    reader = _open_rapidgzip(source, parallelization=1, chunk_size=spacing)
+    reader = Reader(source, parallelization=1, chunk_size=spacing)
     try:
         buf = bytearray(4 << 20)
         while reader.readinto(buf):
@@ -149,7 +145,7 @@ def build_index(source: Source, warehouse: str, spacing: int) -> GzipIndex:
 def open_at(source: Source, index: GzipIndex, points: tuple[SeekPoint, ...], offset: int) -> Reader:
     """A rapidgzip reader positioned at uncompressed `offset`, knowing only `points` (the first one at or
     before `offset`)."""
-    reader = _open_rapidgzip(source, parallelization=1)
+    reader = Reader(source, parallelization=1)
     try:
         reader.import_index(io.BytesIO(sub_index(index, points)))
         reader.seek(offset)

@@ -16,7 +16,7 @@ from . import stats
 from .accumulate import FileRecord
 from .bucket import bucket_of
 from .commit import PROP_DIMENSION, PROP_STATS, commit_files, latest_id, props_of, write_stats_file
-from .dimension import Dimension, read_dimension, store
+from .dimension import Dimension, as_dimension, store
 from .errors import LoadError, UsageError
 from .loads import Load, load_id, say
 from .schema import COLUMNS
@@ -114,14 +114,15 @@ def run_file_tasks(client: Client, src: WriteTarget, dst: WriteTarget, paths: li
     return out
 
 
-def join(client: Client, settings, dimension_url: str, source_arg: str, table_arg: str, full: bool = False) -> dict:
+def join(client: Client, settings, dimension: str | Dimension, source_arg: str, table_arg: str,
+         full: bool = False) -> dict:
     catalog = open_catalog(settings.warehouse, settings.catalog)
     src_ident = table_name(source_arg, settings.namespace)
     dst_ident = table_name(table_arg, settings.namespace)
     if src_ident == dst_ident:
         raise UsageError("join writes a new table: SOURCE_TABLE and TABLE must differ")
     source = load_table(catalog, src_ident)
-    dim = read_dimension(dimension_url, settings.dimension_date_column, settings.dimension_types)
+    dim = as_dimension(dimension, settings)
     src_snapshot = source.current_snapshot()
     lid = load_id(STAGE, qualified(dst_ident), [dim.source["fingerprint"],
                                                  str(src_snapshot.snapshot_id if src_snapshot else None), str(full)])

@@ -2,7 +2,7 @@
 
 Ownership rule (every line exactly once, whatever the range boundaries): range [s, e) owns the first line of
 the stream if s == 0, and every line that starts right after a newline at a position t with s <= t < e. A task
-therefore never reads before s (a gzip seek point), and reads past e only to finish the line it owns there.
+therefore never needs bytes before s, and reads past e only to finish the line it owns there.
 Lines longer than `max_line` are never held whole: they are cut, quarantined as `line_too_long`, and skipped.
 """
 from __future__ import annotations
@@ -25,7 +25,7 @@ class ByteRange:
     number: int  # position of the range within its source
     start: int  # uncompressed offsets [start, end); end None = to the end of the stream
     end: int | None
-    mode: str  # "indexed" (gzip + seek point), "stream" (whole gzip, ISA-L) or "plain" (uncompressed file)
+    mode: str  # "indexed" (gzip + seek points), "stream" (gzip from its start, ISA-L) or "plain" (not gzip)
     index: GzipIndex | None = None  # header and cache location only (points stripped, to keep tasks small)
     points: tuple[SeekPoint, ...] = ()  # the seek points from `start` to just past `end`
 
@@ -121,8 +121,7 @@ def owned_blocks(stream, start: int, end: int | None, block_size: int, max_line:
         # The line owned last is the one that starts at or before `end`: it ends at the first newline >= end.
         j = buf.find(b"\n", max(0, int(min(end, pos + len(buf)) - pos))) if end != float("inf") else -1
         if j >= 0:
-            if j > 0 or buf:
-                yield pos, buf[: j + 1]
+            yield pos, buf[: j + 1]
             return
         k = buf.rfind(b"\n")
         if k >= 0:

@@ -20,7 +20,7 @@ from distributed import Client
 from .bucket import bucket_array
 from .commit import (PROP_DIMENSION, PROP_LOAD, PROP_STATS, commit_files, latest_id, load_file_stats, props_of,
                      write_stats_file)
-from .dimension import changed_keys, load_version, read_dimension, store, upsert
+from .dimension import Dimension, as_dimension, changed_keys, load_version, store, upsert
 from .errors import LoadError, UsageError
 from .join import evolve, run_file_tasks
 from .loads import Load, emit, load_id, say
@@ -62,24 +62,24 @@ def in_affected(data_file, affected: set) -> bool:
     return (None, bucket) in affected or (days, bucket) in affected
 
 
-def update(client: Client, settings, dimension_url: str, source_arg: str, table_arg: str,
+def update(client: Client, settings, dimension: str | Dimension, source_arg: str, table_arg: str,
            full_snapshot: bool = False, dry_run: bool = False) -> dict:
+    new_rows = as_dimension(dimension, settings)  # read once; a re-plan diffs the same rows again
     for attempt in range(ATTEMPTS):
         try:
-            return _update_once(client, settings, dimension_url, source_arg, table_arg, full_snapshot, dry_run)
+            return _update_once(client, settings, new_rows, source_arg, table_arg, full_snapshot, dry_run)
         except Replan as e:
             say(f"the table changed during the update ({e}); planning again ({attempt + 2}/{ATTEMPTS})")
     raise LoadError(f"update could not commit after {ATTEMPTS} attempts: concurrent writers keep changing the table")
 
 
-def _update_once(client, settings, dimension_url, source_arg, table_arg, full_snapshot, dry_run) -> dict:
+def _update_once(client, settings, new_rows: Dimension, source_arg, table_arg, full_snapshot, dry_run) -> dict:
     catalog = open_catalog(settings.warehouse, settings.catalog)
     src_ident = table_name(source_arg, settings.namespace)
     dst_ident = table_name(table_arg, settings.namespace)
     in_place = src_ident == dst_ident
     source = load_table(catalog, src_ident)
     dim_ident = (src_ident[0], settings.dimension_table)
-    new_rows = read_dimension(dimension_url, settings.dimension_date_column, settings.dimension_types)
 
     base_id = dimension_snapshot_of(source)
     if base_id is None:
