@@ -22,15 +22,15 @@ def test_partition_join_update_stats_with_glue(s3_endpoint, s3_bucket, tmp_path)
         s3.upload_file(files[key], s3_bucket, f"in/{os.path.basename(files[key])}")
     env = {**os.environ, "AWS_ENDPOINT_URL": s3_endpoint}
     common = ["--warehouse", f"s3://{s3_bucket}/tables", "--catalog", "glue", "--workers", "1"]
-    job = tmp_path / "job.yaml"
-    job.write_text(
+    # the job file itself lives in S3, as the Batch job fetches it; its paths are relative to it
+    job = (
         "steps:\n"
-        f"  - partition: {{sources: [s3://{s3_bucket}/in/impressions.csv.gz], table: FACT_PARTITIONED}}\n"
-        f"  - join: {{dimension: s3://{s3_bucket}/in/campaigns.csv.gz, source: FACT_PARTITIONED, table: FACT_JOINED}}\n"
-        f"  - update: {{dimension: s3://{s3_bucket}/in/campaigns_updated.csv.gz, source: FACT_JOINED, "
-        "table: FACT_UPDATED}\n"
+        "  - partition: {sources: [in/impressions.csv.gz], table: FACT_PARTITIONED}\n"
+        "  - join: {dimension: in/campaigns.csv.gz, source: FACT_PARTITIONED, table: FACT_JOINED}\n"
+        "  - update: {dimension: in/campaigns_updated.csv.gz, source: FACT_JOINED, table: FACT_UPDATED}\n"
         "  - stats: {table: FACT_UPDATED}\n")
-    out = _cli(env, *common, "run", str(job))
+    s3.put_object(Bucket=s3_bucket, Key="job.yaml", Body=job.encode())
+    out = _cli(env, *common, "run", f"s3://{s3_bucket}/job.yaml")
     assert out.returncode == 0, out.stderr.decode()[-3000:]
     last = json.loads(out.stdout.decode().splitlines()[-1])
     assert last["rows"] == 30_000 and last["table"] == "impressions.fact_updated"
