@@ -143,11 +143,11 @@ def _dispatch(args) -> int:
             partition(client, settings, args.paths[:-1], args.paths[-1], replace=args.replace, buckets=args.buckets)
         return 0
     if args.command == "stats":
-        from .table_stats import table_stats
+        from .table_stats import say_stats, table_stats
 
         with _client(settings) as client:
             result = table_stats(client, settings, args.table, recount=args.recount)
-        _print_stats(result)
+        say_stats(result)
         if args.json:
             emit(result)
         if args.recount and not result["recount_matches"]:
@@ -175,6 +175,7 @@ def _dispatch(args) -> int:
         return 0
     if args.command == "run":
         from .jobfile import read_job, run_steps
+        from .table_stats import say_stats
 
         job = read_job(args.job)
         settings = _job_settings(args, job)
@@ -183,7 +184,7 @@ def _dispatch(args) -> int:
             results = run_steps(client, settings, job["steps"], base_dir=base)
         last = results[-1]
         if "vp_mean" in last:
-            _print_stats(last)
+            say_stats(last)
         emit(last)
         return 0
     if args.command == "demo":
@@ -191,13 +192,6 @@ def _dispatch(args) -> int:
 
         return demo(settings, rows=args.rows, data_dir=args.data)
     raise UsageError(f"unknown command {args.command}")
-
-
-def _print_stats(r: dict) -> None:
-    say(f"{r['table']} @ snapshot {r['snapshot_id']}: {r['rows']:,} rows in {len(r['files'])} files")
-    if r["rows"]:
-        say(f"  viewing_percentage mean {r['vp_mean']:.12g}, std (population) {r['vp_std']:.12g}, "
-            f"min {r['vp_min']}, max {r['vp_max']}")
 
 
 if __name__ == "__main__":

@@ -33,6 +33,7 @@ def demo(settings, rows: int = 3_000_000, data_dir: str = "demo-data") -> int:
     from cluster import connect
 
     from .jobfile import run_steps
+    from .table_stats import say_stats
 
     files = _inputs(data_dir, rows)
     steps = [
@@ -44,10 +45,8 @@ def demo(settings, rows: int = 3_000_000, data_dir: str = "demo-data") -> int:
     with connect(settings.scheduler, settings.workers, settings.threads_per_worker) as client:
         results = run_steps(client, settings, steps, base_dir=os.getcwd())
     final = results[-1]
-    say(f"\n{final['table']} @ snapshot {final['snapshot_id']}: {final['rows']:,} rows in {len(final['files'])} files")
-    if final["rows"]:
-        say(f"  viewing_percentage: mean {final['vp_mean']:.6f}, std (population) {final['vp_std']:.6f}, "
-            f"min {final['vp_min']}, max {final['vp_max']}")
+    say("")
+    say_stats(final)
     say(f"warehouse: {settings.warehouse} (catalog: {settings.catalog or 'sqlite:///' + settings.warehouse + '/catalog.db'})")
     emit(final)
     return 0

@@ -18,7 +18,7 @@ from .bucket import bucket_of
 from .commit import PROP_DIMENSION, PROP_STATS, commit_files, latest_id, props_of, write_stats_file
 from .dimension import Dimension, as_dimension, store
 from .errors import LoadError, UsageError
-from .loads import Load, load_id, say
+from .loads import Load, Progress, load_id, say
 from .schema import COLUMNS
 from .tables import (WriteTarget, bucket_count, create_or_load, fact_schema, fact_spec, load_table, open_catalog,
                      qualified, table_name, table_properties, write_data_files)
@@ -101,8 +101,6 @@ def dimension_snapshot(catalog, settings, namespace: str, dim: Dimension, lid: s
 def run_file_tasks(client: Client, src: WriteTarget, dst: WriteTarget, paths: list[str], dim: Dimension,
                    label: str) -> list[dict]:
     """Broadcast the dimension once, then one join task per file."""
-    from .partition import Progress
-
     dim_future = client.scatter(broadcast_copy(dim), broadcast=True, hash=False)
     futures = [client.submit(join_file, src, dst, p, dim_future, dim.attributes, pure=False) for p in paths]
     progress = Progress(len(futures), label)

@@ -6,7 +6,6 @@ reads exactly the lines its range owns, parses them and hands them to the worker
 """
 from __future__ import annotations
 
-import time
 import uuid
 from dataclasses import dataclass, field
 
@@ -19,7 +18,7 @@ from .accumulate import Accumulator, accumulator_for, drop_load, finish_load, qu
 from .config import Settings
 from .errors import LoadError, UsageError
 from .gzindex import build_index, cache_url
-from .loads import Load, load_id, say
+from .loads import Load, Progress, load_id, say
 from .parse import parse_block
 from .ranges import ByteRange, LongLine, open_range, owned_blocks, plan_indexed, plan_plain
 from .sources import Source, describe, filesystem, is_gzip
@@ -250,37 +249,3 @@ def _collect(futures) -> dict:
 
 def _read_all(client, sources, ranges, lid, target, qtarget, settings) -> dict:
     return _collect(_submit(client, sources, ranges, lid, target, qtarget, settings))
-
-
-class Progress:
-    """A one-line progress counter on stderr (redrawn on a TTY, every 10 % otherwise)."""
-
-    def __init__(self, total: int, label: str):
-        import sys
-
-        self.total, self.label, self.done, self.bytes = total, label, 0, 0
-        self.tty = sys.stderr.isatty()
-        self.t0 = time.monotonic()
-        self.last_pct = -1
-
-    def step(self, nbytes: int = 0) -> None:
-        import sys
-
-        self.done += 1
-        self.bytes += nbytes
-        pct = int(100 * self.done / max(1, self.total))
-        rate = self.bytes / max(1e-9, time.monotonic() - self.t0) / 1e6
-        line = f"{self.label}: {self.done}/{self.total} tasks ({pct}%), {self.bytes / 1e9:.2f} GB, {rate:.0f} MB/s"
-        if self.tty:
-            sys.stderr.write("\r" + line)
-            sys.stderr.flush()
-        elif pct // 10 != self.last_pct // 10 or self.done == self.total:
-            sys.stderr.write(line + "\n")
-        self.last_pct = pct
-
-    def close(self) -> None:
-        import sys
-
-        if self.tty:
-            sys.stderr.write("\n")
-

@@ -12,6 +12,7 @@ from distributed import Client
 from . import stats
 from .commit import load_file_stats
 from .errors import LoadError
+from .loads import say
 from .tables import WriteTarget, load_table, open_catalog, qualified, table_name
 
 
@@ -20,6 +21,14 @@ def file_moments(target: WriteTarget, path: str) -> tuple[int, stats.Moments]:
     with target.io().new_input(path).open() as f:
         column = pq.read_table(f, columns=["viewing_percentage"])["viewing_percentage"]
     return len(column), stats.chunk(column)
+
+
+def say_stats(r: dict) -> None:
+    """The result of `table_stats` for people, on stderr."""
+    say(f"{r['table']} @ snapshot {r['snapshot_id']}: {r['rows']:,} rows in {len(r['files'])} files")
+    if r["rows"]:
+        say(f"  viewing_percentage mean {r['vp_mean']:.12g}, std (population) {r['vp_std']:.12g}, "
+            f"min {r['vp_min']}, max {r['vp_max']}")
 
 
 def table_stats(client: Client, settings, table_arg: str, recount: bool = False, split_every: int = 8) -> dict:
