@@ -101,7 +101,8 @@ def dimension_snapshot(catalog, settings, namespace: str, dim: Dimension, lid: s
 def run_file_tasks(client: Client, src: WriteTarget, dst: WriteTarget, paths: list[str], dim: Dimension,
                    label: str) -> list[dict]:
     """Broadcast the dimension once, then one join task per file."""
-    dim_future = client.scatter(broadcast_copy(dim), broadcast=True, hash=False)
+    # the dimension and the two tables' metadata go to each worker once, not with every task
+    dim_future, src, dst = client.scatter([broadcast_copy(dim), src, dst], broadcast=True, hash=False)
     futures = [client.submit(join_file, src, dst, p, dim_future, dim.attributes, pure=False) for p in paths]
     progress = Progress(len(futures), label)
     out = []

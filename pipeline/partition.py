@@ -168,7 +168,8 @@ def partition(client: Client, settings: Settings, source_urls: list[str], table_
 
 
 def _run(client, settings, table, qtable, sources, load: Load, replace: bool) -> dict:
-    target, qtarget = WriteTarget.of(table), WriteTarget.of(qtable)
+    # table metadata grows with the table's history: send it to each worker once, not with every task
+    target, qtarget = client.scatter([WriteTarget.of(table), WriteTarget.of(qtable)], broadcast=True, hash=False)
     lid = load.load_id
     ranges, pending = start_sources(client, sources, settings)
     futures = _submit(client, sources, ranges, lid, target, qtarget, settings)

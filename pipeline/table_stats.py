@@ -45,7 +45,8 @@ def table_stats(client: Client, settings, table_arg: str, recount: bool = False,
     missing = [t.file.file_path for t in tasks if t.file.file_path not in stored]
     read = {}
     if missing:
-        futures = client.map(file_moments, [target] * len(missing), missing, pure=False)
+        target_f = client.scatter(target, broadcast=True, hash=False)  # once per worker, not once per file
+        futures = client.map(file_moments, [target_f] * len(missing), missing, pure=False)
         read = dict(zip(missing, futures))
     parts = []
     for t in tasks:
