@@ -6,7 +6,7 @@ import os
 import sys
 
 from .errors import LoadError, UsageError
-from .loads import emit, say
+from .report.loads import emit, say
 
 
 class _Parser(argparse.ArgumentParser):
@@ -134,8 +134,8 @@ def _dispatch(args) -> int:
             raise UsageError("partition needs at least one SOURCE and a TABLE")
         if args.buckets is not None and args.buckets < 1:
             raise UsageError("--buckets must be at least 1")
-        from .partition import partition
-        from .sources import describe
+        from .stages.partition import partition
+        from .read.sources import describe
 
         for source in args.paths[:-1]:  # a mistyped path fails at once, before a cluster starts
             describe(source)
@@ -143,7 +143,7 @@ def _dispatch(args) -> int:
             partition(client, settings, args.paths[:-1], args.paths[-1], replace=args.replace, buckets=args.buckets)
         return 0
     if args.command == "stats":
-        from .table_stats import say_stats, table_stats
+        from .stages.table_stats import say_stats, table_stats
 
         with _client(settings) as client:
             result = table_stats(client, settings, args.table, recount=args.recount)
@@ -155,19 +155,19 @@ def _dispatch(args) -> int:
             return 1
         return 0
     if args.command in ("join", "update"):
-        from .dimension import as_dimension
+        from .stages.dimension import as_dimension
 
         # read once, here: a bad dimension file (missing, no key column, duplicate keys) fails before a
         # cluster starts
         dimension = as_dimension(args.dimension, settings)
     if args.command == "join":
-        from .join import join
+        from .stages.join import join
 
         with _client(settings) as client:
             join(client, settings, dimension, args.source_table, args.table, full=args.full)
         return 0
     if args.command == "update":
-        from .update import update
+        from .stages.update import update
 
         with _client(settings) as client:
             update(client, settings, dimension, args.source_table, args.table,
@@ -175,7 +175,7 @@ def _dispatch(args) -> int:
         return 0
     if args.command == "run":
         from .jobfile import read_job, run_steps
-        from .table_stats import say_stats
+        from .stages.table_stats import say_stats
 
         job = read_job(args.job)
         settings = _job_settings(args, job)

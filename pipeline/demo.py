@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 import os
 
-from .loads import emit, say
+from .report.loads import emit, say
 
 
 def _inputs(data_dir: str, rows: int) -> dict:
@@ -33,7 +33,7 @@ def demo(settings, rows: int = 3_000_000, data_dir: str = "demo-data") -> int:
     from cluster import connect
 
     from .jobfile import run_steps
-    from .table_stats import say_stats
+    from .stages.table_stats import say_stats
 
     files = _inputs(data_dir, rows)
     steps = [

@@ -11,7 +11,7 @@ STEPS = ("partition", "join", "update", "stats")
 
 
 def read_job(path: str) -> dict:
-    from .sources import filesystem
+    from .storage import filesystem
 
     fs, p = filesystem(path)
     try:
@@ -53,7 +53,7 @@ def run_steps(client, settings, steps: list, base_dir: str) -> list[dict]:
     for name, body in parsed:
         try:
             if name == "partition":
-                from .partition import partition
+                from .stages.partition import partition
 
                 sources = body.get("sources") or ([body["source"]] if "source" in body else None)
                 if not sources:
@@ -62,16 +62,16 @@ def run_steps(client, settings, steps: list, base_dir: str) -> list[dict]:
                                          body["table"], replace=bool(body.get("replace")),
                                          buckets=body.get("buckets")))
             elif name == "stats":
-                from .table_stats import table_stats
+                from .stages.table_stats import table_stats
 
                 results.append(table_stats(client, settings, body["table"], recount=bool(body.get("recount"))))
             elif name == "join":
-                from .join import join
+                from .stages.join import join
 
                 results.append(join(client, settings, _resolve(body["dimension"], base_dir), body["source"],
                                     body["table"], full=bool(body.get("full"))))
             elif name == "update":
-                from .update import update
+                from .stages.update import update
 
                 results.append(update(client, settings, _resolve(body["dimension"], base_dir), body["source"],
                                       body["table"], full_snapshot=bool(body.get("full_snapshot")),

@@ -1,4 +1,4 @@
-"""pipeline.bucket against an independent Murmur3 and against pyiceberg's own bucket transform.
+"""pipeline.table.bucket against an independent Murmur3 and against pyiceberg's own bucket transform.
 
 Iceberg spec (Appendix A/B): bucket[N](s) = (murmur3_x86_32(utf8(s), seed 0) & Integer.MAX_VALUE) % N.
 The reference below is a from-scratch pure-Python murmur3 — it shares no code with the pipeline (which uses
@@ -13,7 +13,7 @@ import pytest
 from pyiceberg.transforms import BucketTransform
 from pyiceberg.types import StringType
 
-from pipeline.bucket import bucket_array, bucket_of
+from pipeline.table.bucket import bucket_array, bucket_of
 
 # ---------------------------------------------------------------------------------------------- reference
 _M32 = 0xFFFFFFFF

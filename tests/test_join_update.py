@@ -13,13 +13,13 @@ from collections import Counter, defaultdict
 import pyarrow.compute as pc
 import pytest
 
-from pipeline.bucket import bucket_of
+from pipeline.table.bucket import bucket_of
 from pipeline.errors import UsageError
 from pipeline.generate import generate
-from pipeline.join import join
-from pipeline.partition import partition
-from pipeline.tables import load_table, open_catalog, table_name
-from pipeline.update import update
+from pipeline.stages.join import join
+from pipeline.stages.partition import partition
+from pipeline.table.catalog import load_table, open_catalog, table_name
+from pipeline.stages.update import update
 
 BUCKETS = 64
 

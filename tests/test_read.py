@@ -18,8 +18,8 @@ import pytest
 
 from conftest import write_gz
 from pipeline.errors import LoadError
-from pipeline.partition import partition
-from pipeline.tables import load_table, open_catalog, table_name
+from pipeline.stages.partition import partition
+from pipeline.table.catalog import load_table, open_catalog, table_name
 
 # ------------------------------------------------------------------ the reference reader (independent)
 

@@ -181,7 +181,7 @@ def test_partition_s3_source_into_s3_warehouse(run, reference):
     assert cache, "no gzip index cached under s3://bucket/warehouse/_cache/gzindex/"
     assert list_keys(run.s3, run.bucket, "input/").keys() == {
         f"input/{os.path.basename(run.gen[k])}" for k in ("impressions", "campaigns", "campaigns_updated")}
-    from pipeline.gzindex import parse_index
+    from pipeline.read.gzindex import parse_index
 
     (key,) = cache
     body = run.s3.get_object(Bucket=run.bucket, Key=key)["Body"].read()

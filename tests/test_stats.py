@@ -1,4 +1,4 @@
-"""pipeline.stats: (n, mean, M2, min, max) summaries merged with Chan's formula, in any tree shape.
+"""pipeline.report.stats: (n, mean, M2, min, max) summaries merged with Chan's formula, in any tree shape.
 
 Expected values come from exact rational arithmetic (fractions.Fraction over the float inputs), so the tests
 do not depend on numpy's own summation order.
@@ -14,7 +14,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from pipeline.stats import Moments, chunk, combine, reduce_on_cluster, summary, tree_reduce
+from pipeline.report.stats import Moments, chunk, combine, reduce_on_cluster, summary, tree_reduce
 
 USERS_SAMPLE = [1 / k for k in range(2, 18)]  # 1/2, 1/3, ..., 1/17: the users' check
 

@@ -14,8 +14,9 @@ from dataclasses import dataclass
 
 import rapidgzip
 
-from .errors import LoadError
-from .sources import Source, filesystem, is_remote
+from ..errors import LoadError
+from .sources import Source
+from ..storage import filesystem, is_remote
 
 _MAGIC = b"GZIDX\x01"
 _HEADER = struct.Struct("<QQIII")  # compressed size, uncompressed size, spacing, window size, points

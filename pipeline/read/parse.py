@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pyarrow import csv as pacsv
 
-from .schema import COLUMNS, PARSED_SCHEMA
+from ..schema import COLUMNS, PARSED_SCHEMA
 
 _DICT = pa.dictionary(pa.int32(), pa.string())
 _READ = pacsv.ReadOptions(column_names=COLUMNS, block_size=1 << 26, use_threads=False)

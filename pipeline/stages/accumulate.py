@@ -16,23 +16,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import pyarrow as pa
 
-from . import stats
-from .bucket import bucket_array
-from .schema import QUARANTINE_SCHEMA
-from .tables import WriteTarget, to_date, write_data_files
-
-
-@dataclass
-class FileRecord:
-    """A written data file and what `stats` needs about it."""
-
-    data_file: object  # pyiceberg DataFile
-    source: str
-    moments: stats.Moments
-
-    def summary(self) -> dict:
-        return {"path": self.data_file.file_path, "source": self.source, "rows": self.data_file.record_count,
-                "bytes": self.data_file.file_size_in_bytes, **self.moments.to_dict()}
+from ..report import stats
+from ..table.bucket import bucket_array
+from ..schema import QUARANTINE_SCHEMA
+from ..table.write import WriteTarget, WrittenFile, to_date, write_data_files
 
 
 def sort_by_partition(rows: pa.Table, buckets: int) -> tuple[pa.Table, np.ndarray, np.ndarray]:
@@ -95,7 +82,7 @@ class Accumulator:
         if groups:
             data_files = write_data_files(self.target, groups)
             for (_, rows), df in zip(groups, data_files):
-                self.files.append(FileRecord(df, self.source, stats.chunk(rows["viewing_percentage"])))
+                self.files.append(WrittenFile(df, self.source, stats.chunk(rows["viewing_percentage"])))
         if self.quarantine:
             q = pa.concat_tables(self.quarantine)
             self.quarantine = []

@@ -17,16 +17,16 @@ import uuid
 import pyarrow as pa
 from distributed import Client
 
-from .bucket import bucket_array
-from .commit import (PROP_DIMENSION, PROP_LOAD, PROP_STATS, commit_files, latest_id, load_file_stats, props_of,
-                     write_stats_file)
+from ..table.bucket import bucket_array
+from ..table.commit import (PROP_DIMENSION, PROP_LOAD, PROP_STATS, commit_files, latest_id, load_file_stats, props_of, write_stats_file)
 from .dimension import Dimension, as_dimension, changed_keys, load_version, store, upsert
-from .errors import LoadError, UsageError
+from ..errors import LoadError, UsageError
 from .join import evolve, run_file_tasks
-from .loads import Load, emit, load_id, say
-from .sources import filesystem, is_remote
-from .tables import (bucket_count, create_or_load, load_table, open_catalog, qualified, table_name, to_date,
-                     table_properties, WriteTarget)
+from ..report.loads import Load, emit, load_id, say
+from ..storage import filesystem, is_remote
+from ..table.catalog import create_or_load, load_table, open_catalog, qualified, table_name, table_properties
+from ..table.schema import bucket_count
+from ..table.write import WriteTarget, to_date, with_path
 
 STAGE = "update"
 ATTEMPTS = 3
@@ -146,7 +146,7 @@ def _rewrite(client, catalog, settings, source, dst_ident, in_place, merged, cha
     if in_place:
         target = source
     else:
-        from .tables import fact_spec
+        from ..table.schema import fact_spec
 
         target = create_or_load(catalog, dst_ident, source.schema(), fact_spec(bucket_count(source)),
                                 table_properties(settings))
@@ -217,8 +217,6 @@ def _check_same_field_ids(source, target) -> None:
 
 def _copy_files(source, target, files) -> list:
     """Copy unaffected data files into the target's location (server-side on S3); same partition and stats."""
-    import copy as _copy
-
     if not files:
         return []
     from concurrent.futures import ThreadPoolExecutor
@@ -233,10 +231,7 @@ def _copy_files(source, target, files) -> list:
         if not is_remote(new_path):
             fs.makedirs(_fs_path(new_path).rsplit("/", 1)[0], exist_ok=True)
         fs.copy(_fs_path(df.file_path), _fs_path(new_path))
-        new = _copy.copy(df)  # a DataFile is a Record whose field 1 is the path (no setter)
-        new._data = list(df._data)
-        new[1] = new_path
-        return df, new
+        return df, with_path(df, new_path)
 
     with ThreadPoolExecutor(16) as pool:
         return list(pool.map(copy_one, files))

@@ -10,11 +10,52 @@ import json
 import time
 import uuid
 
+import pyarrow as pa
+from pyiceberg.exceptions import CommitFailedException, ValidationException
 from pyiceberg.expressions import EqualTo
+from pyiceberg.table import Table
 
-from .errors import LoadError
-from .loads import Load, say
-from .tables import CONFLICTS, commit_snapshot
+from ..errors import LoadError
+from ..report.loads import Load, say
+
+
+def commit_snapshot(table: Table, properties: dict, deletes: list, adds: list) -> Table:
+    """One attempt at ONE snapshot that deletes and adds data files (an append when nothing is deleted).
+
+    Raises one of CONFLICTS when another writer committed first: the caller reloads and plans again.
+    """
+    tx = table.transaction()
+    producer = tx.update_snapshot(snapshot_properties=properties)
+    with (producer.overwrite() if deletes else producer.fast_append()) as op:
+        for df in deletes:
+            op.delete_data_file(df)
+        for df in adds:
+            op.append_data_file(df)
+    return tx.commit_transaction()
+
+
+# pyiceberg's overwrite validation may notice a concurrent commit before the catalog does
+CONFLICTS = (CommitFailedException, ValidationException)
+
+
+def replace_contents(table: Table, rows: pa.Table, properties: dict, attempts: int = 5) -> Table:
+    """Replace a small table's whole contents in ONE overwrite snapshot (pyiceberg's overwrite makes two).
+
+    The new files are written once; on a concurrent commit the table is reloaded and the files to delete
+    are planned again from the new snapshot.
+    """
+    from pyiceberg.io.pyarrow import _dataframe_to_data_files
+
+    new = list(_dataframe_to_data_files(table.metadata, rows, table.io)) if rows.num_rows else []
+    for attempt in range(attempts):
+        old = [task.file for task in table.scan().plan_files()] if table.current_snapshot() else []
+        try:
+            return commit_snapshot(table, properties, old, new)
+        except CONFLICTS:
+            time.sleep(0.1 * (attempt + 1))
+            table = table.refresh()
+    raise CommitFailedException(f"could not replace the contents of {'.'.join(table.name())}: concurrent writers")
+
 
 PROP_LOAD = "impressions.load-id"
 PROP_STAGE = "impressions.stage"

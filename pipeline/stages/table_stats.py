@@ -9,11 +9,12 @@ from __future__ import annotations
 import pyarrow.parquet as pq
 from distributed import Client
 
-from . import stats
-from .commit import load_file_stats
-from .errors import LoadError
-from .loads import say
-from .tables import WriteTarget, load_table, open_catalog, qualified, table_name
+from ..report import stats
+from ..table.commit import load_file_stats
+from ..errors import LoadError
+from ..report.loads import say
+from ..table.catalog import load_table, open_catalog, qualified, table_name
+from ..table.write import WriteTarget
 
 
 def file_moments(target: WriteTarget, path: str) -> tuple[int, stats.Moments]:

@@ -13,15 +13,16 @@ from dataclasses import dataclass
 import pyarrow as pa
 import pyarrow.compute as pc
 from pyarrow import csv as pacsv
-from pyiceberg.io.pyarrow import pyarrow_to_schema
 from pyiceberg.partitioning import UNPARTITIONED_PARTITION_SPEC
-from pyiceberg.table.name_mapping import NameMapping, MappedField
 
-from .errors import UsageError
-from .parse import parse_date
-from .schema import COLUMNS
-from .sources import describe, filesystem
-from .tables import TABLE_PROPERTIES, ensure_namespace, replace_contents
+from ..errors import UsageError
+from ..read.parse import parse_date
+from ..schema import COLUMNS
+from ..read.sources import describe
+from ..storage import filesystem
+from ..table.catalog import TABLE_PROPERTIES, ensure_namespace
+from ..table.commit import replace_contents
+from ..table.schema import iceberg_schema
 
 KEY = "campaign_id"
 
@@ -170,11 +171,6 @@ def changed_keys(old: Dimension | None, new: Dimension) -> pa.Table:
 
 # ------------------------------------------------------------------ the stored dimension table
 
-def _iceberg_schema(rows: pa.Table):
-    mapping = NameMapping([MappedField(field_id=i + 1, names=[n]) for i, n in enumerate(rows.column_names)])
-    return pyarrow_to_schema(rows.schema, name_mapping=mapping)
-
-
 def store(catalog, ident: tuple[str, str], dim: Dimension, load_id: str, stage: str) -> int:
     """Write the dimension as the table's new snapshot (overwrite); returns the snapshot id."""
     from pyiceberg.exceptions import NoSuchTableError
@@ -186,7 +182,7 @@ def store(catalog, ident: tuple[str, str], dim: Dimension, load_id: str, stage: 
         table = catalog.load_table(ident)
     except NoSuchTableError:
         try:
-            table = catalog.create_table(ident, schema=_iceberg_schema(dim.rows),
+            table = catalog.create_table(ident, schema=iceberg_schema(dim.rows),
                                          partition_spec=UNPARTITIONED_PARTITION_SPEC,
                                          properties={**TABLE_PROPERTIES, "impressions.keys": json.dumps(dim.keys)})
         except TableAlreadyExistsError:  # created by a concurrent run
@@ -196,7 +192,7 @@ def store(catalog, ident: tuple[str, str], dim: Dimension, load_id: str, stage: 
     if new_cols:
         with table.update_schema() as u:
             for c in new_cols:
-                u.union_by_name(_iceberg_schema(dim.rows.select([c])))
+                u.union_by_name(iceberg_schema(dim.rows.select([c])))
         table = table.refresh()
     rows = _with_columns(dim.rows, [f.name for f in table.schema().fields])
     props = {"impressions.load-id": load_id, "impressions.stage": stage,

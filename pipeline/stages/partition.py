@@ -12,18 +12,21 @@ from dataclasses import dataclass, field
 from distributed import Client, as_completed
 from isal.isal_zlib import error as IsalError
 
-from . import stats
-from .commit import commit_partition, committed_sources
+from ..report import stats
+from ..table.commit import commit_partition, committed_sources
 from .accumulate import Accumulator, accumulator_for, drop_load, finish_load, quarantine_table
-from .config import Settings
-from .errors import LoadError, UsageError
-from .gzindex import build_index, cache_url
-from .loads import Load, Progress, load_id, say
-from .parse import parse_block
-from .ranges import ByteRange, LongLine, open_range, owned_blocks, plan_indexed, plan_plain
-from .sources import Source, describe, filesystem, is_gzip
-from .tables import (QUARANTINE_ICEBERG, QUARANTINE_SPEC, WriteTarget, bucket_count, create_or_load, fact_schema,
-                     fact_spec, open_catalog, qualified, table_name, table_properties)
+from ..config import Settings
+from ..errors import LoadError, UsageError
+from ..read.gzindex import build_index, cache_url
+from ..report.loads import Load, load_id, say
+from ..report.progress import Progress
+from ..read.parse import parse_block
+from ..read.ranges import ByteRange, LongLine, open_range, owned_blocks, plan_indexed, plan_plain
+from ..read.sources import Source, describe, is_gzip
+from ..storage import filesystem
+from ..table.catalog import create_or_load, open_catalog, qualified, table_name, table_properties
+from ..table.schema import QUARANTINE_ICEBERG, QUARANTINE_SPEC, bucket_count, fact_schema, fact_spec
+from ..table.write import WriteTarget
 
 STAGE = "partition"
 HEAD_RANGES = 2  # a streaming head task reads this many range sizes while the index pass runs

@@ -12,16 +12,17 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from distributed import Client, as_completed
 
-from . import stats
-from .accumulate import FileRecord
-from .bucket import bucket_of
-from .commit import PROP_DIMENSION, PROP_STATS, commit_files, latest_id, props_of, write_stats_file
+from ..report import stats
+from ..table.bucket import bucket_of
+from ..table.commit import PROP_DIMENSION, PROP_STATS, commit_files, latest_id, props_of, write_stats_file
 from .dimension import Dimension, as_dimension, store
-from .errors import LoadError, UsageError
-from .loads import Load, Progress, load_id, say
-from .schema import COLUMNS
-from .tables import (WriteTarget, bucket_count, create_or_load, fact_schema, fact_spec, load_table, open_catalog,
-                     qualified, table_name, table_properties, write_data_files)
+from ..errors import LoadError, UsageError
+from ..report.loads import Load, load_id, say
+from ..report.progress import Progress
+from ..schema import COLUMNS
+from ..table.catalog import create_or_load, load_table, open_catalog, qualified, table_name, table_properties
+from ..table.schema import bucket_count, fact_schema, fact_spec, iceberg_schema
+from ..table.write import WriteTarget, WrittenFile, write_data_files
 
 STAGE = "join"
 PROP_SOURCE_SNAPSHOT = "impressions.source-snapshot-id"
@@ -63,7 +64,7 @@ def join_file(src: WriteTarget, dst: WriteTarget, path: str, dim_rows: pa.Table,
     values = (joined["ad_date"][0].as_py(), bucket_of(joined["campaign_id"][0].as_py(), bucket_count(dst.metadata)))
     (data_file,) = write_data_files(dst, [(values, joined)])
     result["orphans"] = orphans
-    result["record"] = FileRecord(data_file, path, stats.chunk(joined["viewing_percentage"]))
+    result["record"] = WrittenFile(data_file, path, stats.chunk(joined["viewing_percentage"]))
     return result
 
 
@@ -71,13 +72,11 @@ def join_file(src: WriteTarget, dst: WriteTarget, path: str, dim_rows: pa.Table,
 
 def evolve(table, dim: Dimension):
     """Add the dimension's attribute columns the table lacks (Iceberg schema evolution)."""
-    from .dimension import _iceberg_schema
-
     have = {f.name for f in table.schema().fields}
     missing = [c for c in dim.attributes if c not in have]
     if missing:
         with table.update_schema() as u:
-            u.union_by_name(_iceberg_schema(dim.rows.select(missing)))
+            u.union_by_name(iceberg_schema(dim.rows.select(missing)))
         table = table.refresh()
         say(f"{'.'.join(table.name())}: added column(s) {', '.join(missing)}")
     return table

@@ -1,0 +1,1 @@
+"""Reading: sources, blocked gzip decompression, byte ranges, and parsing lines into rows."""

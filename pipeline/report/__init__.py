@@ -1,0 +1,1 @@
+"""What the pipeline tells people: load records and status lines, statistics math, progress."""

@@ -1,0 +1,1 @@
+"""Iceberg tables: the one adapter around pyiceberg (catalog, schemas, bucket transform, writes, commits)."""

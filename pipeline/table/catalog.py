@@ -1,0 +1,109 @@
+"""The catalog: table names, opening the SQL or Glue catalog, loading and creating tables."""
+from __future__ import annotations
+
+import os
+
+from pyiceberg.catalog import Catalog
+from pyiceberg.exceptions import NamespaceAlreadyExistsError, NoSuchTableError, TableAlreadyExistsError
+from pyiceberg.partitioning import PartitionSpec
+from pyiceberg.schema import Schema
+from pyiceberg.table import Table
+
+from ..errors import UsageError
+from ..storage import is_remote
+
+CATALOG_NAME = "impressions"
+TABLE_PROPERTIES = {
+    "format-version": "2",
+    "write.parquet.compression-codec": "zstd",
+    "write.parquet.compression-level": "1",  # fast; the files are already small per partition
+    "write.parquet.row-group-limit": "1048576",
+    "commit.retry.num-retries": "0",  # we retry ourselves, re-planning against the new snapshot
+}
+
+
+def table_name(name: str, namespace: str = "impressions") -> tuple[str, str]:
+    """`FACT_PARTITIONED`, `ns.NAME` or `tables/FACT_PARTITIONED` → ("impressions", "fact_partitioned")."""
+    name = name.strip().rstrip("/").rsplit("/", 1)[-1].lower()
+    if "." in name:
+        namespace, name = name.rsplit(".", 1)
+    if not name or not name.replace("_", "").isalnum() or not namespace.replace("_", "").isalnum():
+        raise UsageError(f"invalid table name {name!r}: use letters, digits and underscores (NAME or ns.NAME)")
+    return namespace.lower(), name
+
+
+def qualified(ident: tuple[str, str]) -> str:
+    return ".".join(ident)
+
+
+def catalog_properties(warehouse: str) -> dict:
+    props = {"warehouse": warehouse}
+    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    if endpoint:
+        props["s3.endpoint"] = endpoint
+    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+    if region:
+        props["s3.region"] = region
+        props["glue.region"] = region
+    return props
+
+
+def open_catalog(warehouse: str, catalog: str | None) -> Catalog:
+    """SQL catalog (sqlite inside a local warehouse by default) or AWS Glue."""
+    props = catalog_properties(warehouse)
+    if catalog is None:
+        if is_remote(warehouse):
+            raise UsageError("an s3:// warehouse needs --catalog (a SQLAlchemy URI or 'glue')")
+        os.makedirs(warehouse, exist_ok=True)
+        catalog = f"sqlite:///{os.path.abspath(warehouse)}/catalog.db"
+        props["warehouse"] = "file://" + os.path.abspath(warehouse)
+    elif not is_remote(warehouse):
+        os.makedirs(warehouse, exist_ok=True)
+        props["warehouse"] = "file://" + os.path.abspath(warehouse)
+    if catalog == "glue":
+        from pyiceberg.catalog.glue import GlueCatalog
+
+        endpoint = os.environ.get("AWS_ENDPOINT_URL_GLUE") or os.environ.get("AWS_ENDPOINT_URL")
+        if endpoint:
+            props["glue.endpoint"] = endpoint
+        return GlueCatalog(CATALOG_NAME, **props)
+    if "://" not in catalog:
+        raise UsageError(f"--catalog must be a SQLAlchemy URI (sqlite:///..., postgresql://...) or 'glue', got {catalog!r}")
+    from pyiceberg.catalog.sql import SqlCatalog
+
+    return SqlCatalog(CATALOG_NAME, uri=catalog, **props)
+
+
+def ensure_namespace(catalog: Catalog, namespace: str) -> None:
+    try:
+        catalog.create_namespace(namespace)
+    except NamespaceAlreadyExistsError:
+        pass
+
+
+def load_table(catalog: Catalog, ident: tuple[str, str]) -> Table:
+    try:
+        return catalog.load_table(ident)
+    except NoSuchTableError:
+        raise UsageError(f"table {qualified(ident)} does not exist") from None
+
+
+def table_properties(settings) -> dict:
+    """Properties of a new table: ours, plus the Parquet options from `impressions.write.*`."""
+    return {**TABLE_PROPERTIES, "write.parquet.compression-codec": settings.compression,
+            "write.parquet.row-group-limit": str(settings.row_group_rows)}
+
+
+def create_or_load(catalog: Catalog, ident: tuple[str, str], schema: Schema, spec: PartitionSpec,
+                   properties: dict | None = None) -> Table:
+    """Load the table, or create it (a table keeps the properties it was created with)."""
+    ensure_namespace(catalog, ident[0])
+    try:
+        return catalog.load_table(ident)
+    except NoSuchTableError:
+        pass
+    try:
+        return catalog.create_table(ident, schema=schema, partition_spec=spec,
+                                    properties=properties or TABLE_PROPERTIES)
+    except TableAlreadyExistsError:  # created concurrently
+        return catalog.load_table(ident)
