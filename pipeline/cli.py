@@ -22,6 +22,8 @@ def _global_options(p: argparse.ArgumentParser, suppress: bool) -> None:
     p.add_argument("--catalog", default=d, help="SQLAlchemy URI or 'glue' (default sqlite in the warehouse)")
     p.add_argument("--scheduler", default=d, help="address of a running Dask scheduler (DASK_SCHEDULER_ADDRESS)")
     p.add_argument("--workers", type=int, default=d, help="LocalCluster worker processes (default 2)")
+    p.add_argument("--cloudwatch", action="store_true", default=d,
+                   help="also send status lines to CloudWatch Logs and final figures to CloudWatch metrics")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -68,6 +70,39 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", parents=[common], help="generate data and run the whole pipeline locally")
     d.add_argument("--rows", type=int, default=3_000_000, help="impressions to generate (default 3000000)")
     d.add_argument("--data", default="demo-data", help="where the generated inputs go")
+
+    lo = sub.add_parser("loads", parents=[common], help="the load history, newest first")
+    lo.add_argument("table", nargs="?", help="only the loads of this table")
+    lo.add_argument("--json", action="store_true", help="print the result as the last stdout line")
+    lo.add_argument("--limit", type=int, default=50, help="at most this many loads (default 50)")
+
+    db = sub.add_parser("dashboard", parents=[common], help="write the HTML dashboard (or publish the CloudWatch one)")
+    db.add_argument("--out", default="impressions-dashboard.html", help="the HTML file to write")
+
+    co = sub.add_parser("compact", parents=[common], help="rewrite the small files of each partition, one snapshot")
+    co.add_argument("table")
+    co.add_argument("--target-file-size", default=None, help="target data file size (default 128 MiB)")
+
+    ex = sub.add_parser("expire", parents=[common], help="expire old snapshots (lineage and statistics kept)")
+    ex.add_argument("table")
+    ex.add_argument("--older-than", default=None, help="expire snapshots older than this (e.g. 3d, 12h; default 3d)")
+    ex.add_argument("--retain-last", type=int, default=None, help="always keep this many newest snapshots (default 1)")
+
+    cl = sub.add_parser("cleanup", parents=[common], help="list (and with --delete remove) files no metadata reaches")
+    cl.add_argument("table")
+    cl.add_argument("--older-than", default=None, help="only files older than this (e.g. 3d, 12h, 0s; default 3d)")
+    cl.add_argument("--delete", action="store_true", help="delete them (default: only list)")
+
+    no = sub.add_parser("node", parents=[common], help="the command of every node of the AWS Batch multi-node job")
+    no.add_argument("job", nargs="?", default=None,
+                    help="JOB.yaml (local or s3://) or an s3:// job script (*.sh); default $IMPRESSIONS_JOB")
+
+    sj = sub.add_parser("submit", parents=[common], help="submit the AWS Batch multi-node job and follow it")
+    sj.add_argument("job", help="the job file (s3:// JOB.yaml or job script) every node runs")
+    sj.add_argument("--job-queue", required=True)
+    sj.add_argument("--job-definition", required=True)
+    sj.add_argument("--nodes", type=int, default=None, help="number of nodes (default: the job definition's)")
+    sj.add_argument("--dry-run", action="store_true", help="print the SubmitJob request, do not call AWS")
     return parser
 
 
@@ -121,6 +156,14 @@ def _client(settings):
 
 
 def _dispatch(args) -> int:
+    if args.command == "node":
+        from cluster.node import main as node_main
+
+        return node_main(args.job, args)
+    if args.command == "submit":
+        from cluster.submit import main as submit_main
+
+        return submit_main(args)
     if args.command == "generate":
         from .generate import generate
 
