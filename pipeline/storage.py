@@ -38,3 +38,15 @@ def full_url(url: str) -> str:
     if is_remote(url):
         return "s3://" + url.split("://", 1)[1]
     return filesystem(url)[1]
+
+
+def iceberg_io_properties() -> dict:
+    """FileIO properties for pyiceberg (which writes manifests and metadata with its own S3 client)."""
+    props = {}
+    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    if endpoint:
+        props["s3.endpoint"] = endpoint
+    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+    if region:
+        props["s3.region"] = region
+    return props

@@ -10,7 +10,7 @@ from pyiceberg.schema import Schema
 from pyiceberg.table import Table
 
 from ..errors import UsageError
-from ..storage import is_remote
+from ..storage import iceberg_io_properties, is_remote
 
 CATALOG_NAME = "impressions"
 TABLE_PROPERTIES = {
@@ -37,13 +37,9 @@ def qualified(ident: tuple[str, str]) -> str:
 
 
 def catalog_properties(warehouse: str) -> dict:
-    props = {"warehouse": warehouse}
-    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
-    if endpoint:
-        props["s3.endpoint"] = endpoint
+    props = {"warehouse": warehouse, **iceberg_io_properties()}
     region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
     if region:
-        props["s3.region"] = region
         props["glue.region"] = region
     return props
 
