@@ -1,34 +1,130 @@
-"""A one-line progress counter on stderr (redrawn on a TTY, every 10 % otherwise)."""
+"""Progress on stderr: a rich progress bar on a terminal, a quiet line every ~10 % otherwise.
+
+stdout is reserved for JSON lines, so the bar never touches it: rich's stdout redirection is switched off (a
+status line printed while the bar runs still goes to stdout), and stderr writes during the bar are printed above
+it. Two units:
+
+- ``Progress(n_tasks, "read")`` + ``.step(nbytes=0)`` once per finished task (``nbytes``: uncompressed bytes
+  that task read, shown as GB and MB/s when counted);
+- ``Progress(total_bytes, "index", unit="bytes")`` + ``.advance(n)`` for byte-based work such as the gzip
+  index pass (``n`` bytes more done).
+
+Use it as a context manager or call ``.close()``; closing twice is harmless.
+"""
 from __future__ import annotations
 
 import sys
 import time
 
+UNITS = ("tasks", "bytes")
+
+
+def _gb(n: float) -> str:
+    return f"{n / 1e9:.2f} GB"
+
 
 class Progress:
-    """A one-line progress counter on stderr (redrawn on a TTY, every 10 % otherwise)."""
+    """Progress of `total` tasks (or bytes with ``unit="bytes"``), drawn on stderr."""
 
-    def __init__(self, total: int, label: str):
-        self.total, self.label, self.done, self.bytes = total, label, 0, 0
-        self.tty = sys.stderr.isatty()
+    def __init__(self, total: int, label: str, unit: str = "tasks", stream=None):
+        if unit not in UNITS:
+            raise ValueError(f"unit must be one of {UNITS}, got {unit!r}")
+        self.total, self.label, self.unit = max(0, int(total)), label, unit
+        self.done = 0       # tasks finished (unit "tasks") or bytes done (unit "bytes")
+        self.bytes = 0      # bytes counted by step(nbytes) or advance(n)
+        self.stream = stream or sys.stderr
+        self.tty = _isatty(self.stream)
         self.t0 = time.monotonic()
-        self.last_pct = -1
-
-    def step(self, nbytes: int = 0) -> None:
-        self.done += 1
-        self.bytes += nbytes
-        pct = int(100 * self.done / max(1, self.total))
-        rate = self.bytes / max(1e-9, time.monotonic() - self.t0) / 1e6
-        line = f"{self.label}: {self.done}/{self.total} tasks ({pct}%)"
-        if self.bytes:  # stages that count bytes (reading) show the rate too
-            line += f", {self.bytes / 1e9:.2f} GB, {rate:.0f} MB/s"
+        self.last_decile = -1
+        self.closed = False
+        self._bar = self._task = None
         if self.tty:
-            sys.stderr.write("\r" + line)
-            sys.stderr.flush()
-        elif pct // 10 != self.last_pct // 10 or self.done == self.total:
-            sys.stderr.write(line + "\n")
-        self.last_pct = pct
+            self._start_bar()
+
+    # ---------------------------------------------------------------------------------------- counting
+    def step(self, nbytes: int = 0) -> None:
+        """One task finished (it read `nbytes`, if the stage counts bytes)."""
+        self.bytes += nbytes
+        self._moved(1)
+
+    def advance(self, n: int) -> None:
+        """`n` more units done: bytes for ``unit="bytes"``, tasks otherwise."""
+        if self.unit == "bytes":
+            self.bytes += n
+        self._moved(n)
+
+    def _moved(self, n: int) -> None:
+        self.done += n
+        if self.closed:
+            return
+        if self._bar is not None:
+            self._bar.update(self._task, completed=self.done, extra=self._extra())
+            return
+        decile = min(10, 10 * self.done // max(1, self.total))  # 10 only when all is done
+        if decile != self.last_decile:
+            self._write(self.line())
+            self.last_decile = decile
 
     def close(self) -> None:
-        if self.tty:
-            sys.stderr.write("\n")
+        if self.closed:
+            return
+        self.closed = True
+        if self._bar is not None:
+            self._bar.update(self._task, completed=self.done, extra=self._extra())
+            self._bar.stop()
+
+    def __enter__(self) -> "Progress":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # ---------------------------------------------------------------------------------------- drawing
+    def rate(self) -> float:
+        """Bytes per second since the start."""
+        return self.bytes / max(1e-9, time.monotonic() - self.t0)
+
+    def line(self) -> str:
+        """The plain progress line (what a non-terminal sees every ~10 %)."""
+        pct = int(100 * self.done / max(1, self.total)) if self.total else 100
+        if self.unit == "bytes":
+            return (f"{self.label}: {self.done / 1e9:.2f}/{self.total / 1e9:.2f} GB ({pct}%), "
+                    f"{self.rate() / 1e6:.0f} MB/s")
+        line = f"{self.label}: {self.done}/{self.total} tasks ({pct}%)"
+        if self.bytes:  # stages that count bytes (reading) show the rate too
+            line += f", {_gb(self.bytes)}, {self.rate() / 1e6:.0f} MB/s"
+        return line
+
+    def _extra(self) -> str:
+        if self.unit == "tasks" and self.bytes:
+            return f"{_gb(self.bytes)} {self.rate() / 1e6:.0f} MB/s"
+        return ""
+
+    def _write(self, text: str) -> None:
+        self.stream.write(text + "\n")
+        self.stream.flush()
+
+    def _start_bar(self) -> None:
+        from rich.console import Console
+        from rich.progress import (BarColumn, DownloadColumn, MofNCompleteColumn, Progress as Bar,
+                                   TaskProgressColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn,
+                                   TransferSpeedColumn)
+
+        console = Console(file=self.stream, force_terminal=True)
+        if self.unit == "bytes":
+            counts = [DownloadColumn(), TransferSpeedColumn()]
+        else:
+            counts = [MofNCompleteColumn(), TextColumn("tasks {task.fields[extra]}")]
+        self._bar = Bar(TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(), *counts,
+                        TimeElapsedColumn(), TimeRemainingColumn(), console=console,
+                        redirect_stdout=False, redirect_stderr=self.stream is sys.stderr,
+                        refresh_per_second=4)
+        self._task = self._bar.add_task(self.label, total=self.total or None, extra="")
+        self._bar.start()
+
+
+def _isatty(stream) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False
