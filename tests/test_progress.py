@@ -120,3 +120,29 @@ def test_rich_bar_on_a_terminal_and_stdout_untouched():
     assert "2.0/2.0 GB" in tty                    # the byte-based bar of the index pass
     assert "a human line on stderr" in tty        # printed above the bar, not lost
     assert "read: " not in tty                    # no quiet lines on a terminal
+
+
+# ------------------------------------------------------------------------------------------- a listener
+def test_listener_gets_the_start_throttled_updates_and_the_end():
+    seen = []
+    with Progress(5, "read", stream=io.StringIO(), listener=seen.append, every=0) as p:
+        for _ in range(5):
+            p.step(10)
+    assert [s["done"] for s in seen] == [0, 1, 2, 3, 4, 5, 5]
+    assert seen[-1] == {"label": "read", "done": 5, "total": 5, "unit": "tasks", "bytes": 50,
+                        "seconds": seen[-1]["seconds"]}
+    seen.clear()
+    with Progress(100, "index", unit="bytes", stream=io.StringIO(), listener=seen.append, every=3600) as p:
+        for _ in range(10):
+            p.advance(10)
+    assert [s["done"] for s in seen] == [0, 100]            # start and close: the updates between are throttled
+
+
+def test_a_failing_listener_is_ignored():
+    def boom(_):
+        raise RuntimeError("scheduler gone")
+    s = io.StringIO()
+    with Progress(2, "read", stream=s, listener=boom, every=0) as p:
+        p.step()
+        p.step()
+    assert s.getvalue().splitlines()[-1] == "read: 2/2 tasks (100%)"

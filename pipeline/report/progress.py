@@ -9,7 +9,10 @@ it. Two units:
 - ``Progress(total_bytes, "index", unit="bytes")`` + ``.advance(n)`` for byte-based work such as the gzip
   index pass (``n`` bytes more done).
 
-Use it as a context manager or call ``.close()``; closing twice is harmless.
+Use it as a context manager or call ``.close()``; closing twice is harmless. ``listener`` (optional) gets a
+plain dict ``{label, done, total, unit, bytes, seconds}`` at the start, at most every ``every`` seconds while
+counting, and at close -- e.g. ``lambda p: live.publish(client, {"load_id": ..., **p})`` for the Dask page,
+throttled because each ``Client.log_event`` is a round trip to the scheduler. A failing listener is ignored.
 """
 from __future__ import annotations
 
@@ -26,7 +29,8 @@ def _gb(n: float) -> str:
 class Progress:
     """Progress of `total` tasks (or bytes with ``unit="bytes"``), drawn on stderr."""
 
-    def __init__(self, total: int, label: str, unit: str = "tasks", stream=None):
+    def __init__(self, total: int, label: str, unit: str = "tasks", stream=None, listener=None,
+                 every: float = 0.5):
         if unit not in UNITS:
             raise ValueError(f"unit must be one of {UNITS}, got {unit!r}")
         self.total, self.label, self.unit = max(0, int(total)), label, unit
@@ -38,8 +42,10 @@ class Progress:
         self.last_decile = -1
         self.closed = False
         self._bar = self._task = None
+        self.listener, self.every, self._notified = listener, every, float("-inf")
         if self.tty:
             self._start_bar()
+        self._notify(force=True)
 
     # ---------------------------------------------------------------------------------------- counting
     def step(self, nbytes: int = 0) -> None:
@@ -57,6 +63,7 @@ class Progress:
         self.done += n
         if self.closed:
             return
+        self._notify()
         if self._bar is not None:
             self._bar.update(self._task, completed=self.done, extra=self._extra())
             return
@@ -72,12 +79,29 @@ class Progress:
         if self._bar is not None:
             self._bar.update(self._task, completed=self.done, extra=self._extra())
             self._bar.stop()
+        self._notify(force=True)
 
     def __enter__(self) -> "Progress":
         return self
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+    def snapshot(self) -> dict:
+        """The state as plain data (what the listener gets)."""
+        return {"label": self.label, "done": self.done, "total": self.total, "unit": self.unit,
+                "bytes": self.bytes, "seconds": round(time.monotonic() - self.t0, 3)}
+
+    def _notify(self, force: bool = False) -> None:
+        if self.listener is None:
+            return
+        now = time.monotonic()
+        if force or now - self._notified >= self.every:
+            self._notified = now
+            try:
+                self.listener(self.snapshot())
+            except Exception:  # noqa: BLE001 - progress reporting never fails a load
+                pass
 
     # ---------------------------------------------------------------------------------------- drawing
     def rate(self) -> float:
