@@ -128,7 +128,21 @@ def test_every_yaml_key_is_covered_above():
             else:
                 yield f"{prefix}{k}"
     in_yaml = set(leaves(yaml.safe_load(YAML_PATH.read_text())["impressions"]))
-    assert in_yaml == {k[0] for k in EVERY_KEY}
+    own = {k for k in in_yaml if k.split(".")[0] not in ELSEWHERE}
+    assert own == {k[0] for k in EVERY_KEY}
+    # the sections of other parts (CloudWatch, S3 retries, the Batch node, ...) are exercised by their own tests:
+    # each key must at least be named there, as `impressions.a.b-c` or DASK_IMPRESSIONS__A__B_C
+    tests = "\n".join(p.read_text() for p in Path(__file__).parent.glob("test_*.py") if p.name != Path(__file__).name)
+    docs = "\n".join(p.read_text() for p in [Path(__file__).parents[1] / "README.md",
+                                              *(Path(__file__).parents[1] / "docs").glob("*.md")])
+    for key in sorted(in_yaml - own):
+        env_name = "DASK_IMPRESSIONS__" + key.upper().replace(".", "__").replace("-", "_")
+        leaf = key.split(".")[-1]
+        assert f"impressions.{key}" in tests or env_name in tests or f'"{leaf}"' in tests, f"{key} is not tested"
+        assert f"`{key}`" in docs, f"{key} is not documented in README.md or docs/"
+
+
+ELSEWHERE = {"cloudwatch", "node", "cloudprovider", "s3"}
 
 
 def test_settings_are_frozen():

@@ -43,30 +43,33 @@ def reference(data: bytes):
 
 
 def classify(line: bytes):
+    """docs/interface.md, Inputs: blanks around numbers and dates ignored, ids that fit int64, decimal numbers."""
     if len(line) > 64 * 1024:
         return "line_too_long", None
     try:
         text = line.decode("utf-8")
     except UnicodeDecodeError:
         return "encoding", None
-    fields = next(csv.reader([text])) if text else []
+    try:  # strict: a quote left open at the end of the line is a line break inside a record
+        fields = next(csv.reader([text], strict=True)) if text else []
+    except csv.Error:
+        fields = next(csv.reader([text])) if text.count('"') % 2 == 0 else []
     if len(fields) != 5 or "\r" in text:
         return "field_count", None
-    d, ident, camp, video, vp = fields
+    d, ident, camp, video, vp = (f.strip(" \t") if i in (0, 1, 4) else f for i, f in enumerate(fields))
     try:
-        if d.strip() != d:
+        if not re.fullmatch(r"[0-9]{1,2}/[0-9]{1,2}/[0-9]{4}", d):
             raise ValueError
         day = datetime.strptime(d, "%m/%d/%Y").date()
     except ValueError:
         return "bad_date", None
-    if not re.fullmatch(r"-?[0-9]{1,18}", ident):
+    if not re.fullmatch(r"-?[0-9]+", ident) or not -2**63 <= int(ident) < 2**63:
         return "bad_number", None
     if camp == "":
         return "empty_campaign", None
-    try:
-        value = float(vp)
-    except ValueError:
+    if not re.fullmatch(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?", vp):
         return "bad_number", None
+    value = float(vp)
     if not 0.0 <= value <= 1.0:
         return "out_of_range", None
     return None, (day, int(ident), camp, video, value)
@@ -148,7 +151,11 @@ def test_every_kind_of_malformed_line_is_quarantined_with_its_reason_and_offset(
         b'"01/01/2019,1,campaign_00,video_0,0.5',          # field_count (unbalanced quote)
         b"02/30/2019,1,campaign_00,video_0,0.5",           # bad_date
         b"2019-01-01,1,campaign_00,video_0,0.5",           # bad_date
-        b" 01/01/2019,1,campaign_00,video_0,0.5",          # bad_date
+        b" 01/01/2019,1,campaign_00,video_0,0.5",          # good: blanks around a date are ignored
+        b"01/01/2019,9223372036854775807,campaign_00,video_0, 0.5 ",  # good: fits int64; blanks ignored
+        b"01/01/2019,9223372036854775808,campaign_00,video_0,0.5",    # bad_number: beyond int64
+        b"01/01/2019,0x10,campaign_00,video_0,0.5",        # bad_number: not decimal
+        b"01/01/2019,1,campaign_00,video_0,nan",           # bad_number: not a decimal number
         b"01/01/2019,abc,campaign_00,video_0,0.5",         # bad_number
         b"01/01/2019,1.0,campaign_00,video_0,0.5",         # bad_number
         b"01/01/2019,1,campaign_00,video_0,half",          # bad_number

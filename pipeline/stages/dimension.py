@@ -16,7 +16,7 @@ from pyarrow import csv as pacsv
 from pyiceberg.partitioning import UNPARTITIONED_PARTITION_SPEC
 
 from ..errors import UsageError
-from ..read.parse import parse_date
+from ..read.rules import parse_date
 from ..schema import COLUMNS
 from ..read.sources import describe
 from ..storage import filesystem
