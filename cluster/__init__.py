@@ -1,5 +1,6 @@
-"""Which Dask client? A LocalCluster, a running scheduler, or (on AWS Batch) the node's role."""
+"""Which Dask client? A LocalCluster, a running scheduler, an ECS/Fargate cluster (dask-cloudprovider), or on
+AWS Batch the node's role (node.py). `connect` (connect.py) is the one place that decides."""
 
-from .local import connect
+from .connect import connect
 
 __all__ = ["connect"]

@@ -1,7 +1,6 @@
-"""Connect to a running scheduler, or start a LocalCluster of worker processes."""
+"""A LocalCluster of worker processes on this machine (the default when no scheduler is given)."""
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import sys
@@ -10,27 +9,21 @@ import warnings
 from distributed import Client, LocalCluster
 
 
-@contextlib.contextmanager
-def connect(scheduler: str | None = None, workers: int = 2, threads_per_worker: int = 1,
-            memory_limit: str | int | None = "auto", dashboard: bool = True):
-    """Yield a Client; the cluster (if we started it) is closed afterwards.
-
-    With `scheduler` the running cluster is used as it is and `workers` is ignored.
-    """
-    if scheduler:
-        with Client(scheduler) as client:
-            _announce(client)
-            yield client
-        return
+def local_cluster(workers: int = 2, threads_per_worker: int = 1, memory_limit: str | int | None = "auto",
+                  dashboard: bool = True) -> LocalCluster:
     with warnings.catch_warnings():
         # port 8787 taken (another cluster): distributed picks a free port, and we print the link anyway
         warnings.filterwarnings("ignore", message="Port .* is already in use")
-        cluster = LocalCluster(n_workers=workers, threads_per_worker=threads_per_worker, processes=True,
-                               memory_limit=memory_limit, dashboard_address=":8787" if dashboard else None,
-                               silence_logs=_worker_log_level())
-    with cluster, Client(cluster) as client:
-        _announce(client)
-        yield client
+        return LocalCluster(n_workers=workers, threads_per_worker=threads_per_worker, processes=True,
+                            memory_limit=memory_limit, dashboard_address=":8787" if dashboard else None,
+                            silence_logs=_worker_log_level())
+
+
+def connect(*args, **kwargs):
+    """Kept for callers of `cluster.local.connect`; the decision lives in cluster/connect.py."""
+    from .connect import connect as _connect
+
+    return _connect(*args, **kwargs)
 
 
 def _worker_log_level() -> int:
@@ -38,7 +31,7 @@ def _worker_log_level() -> int:
     return logging.INFO if os.environ.get("IMPRESSIONS_DEBUG") else logging.CRITICAL
 
 
-def _announce(client: Client) -> None:
+def announce(client: Client) -> None:
     link = client.dashboard_link if client.dashboard_link else "(no dashboard)"
     sys.stderr.write(f"Dask dashboard: {link}\n")
     sys.stderr.flush()
