@@ -45,6 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("paths", nargs="+", metavar="SOURCE... TABLE")
     p.add_argument("--buckets", type=int, default=None, help="bucket count for a new table (default 64)")
     p.add_argument("--replace", action="store_true", help="replace the rows of sources loaded before")
+    p.add_argument("--append", action="store_true",
+                   help="load a file whose path was loaded before with other content as another source")
 
     s = sub.add_parser("stats", parents=[common], help="rows, rows per file, viewing_percentage mean/std")
     s.add_argument("table")
@@ -178,12 +180,13 @@ def _dispatch(args) -> int:
         if args.buckets is not None and args.buckets < 1:
             raise UsageError("--buckets must be at least 1")
         from .stages.partition import partition
-        from .read.sources import describe
+        from .read.sources import stat
 
         for source in args.paths[:-1]:  # a mistyped path fails at once, before a cluster starts
-            describe(source)
+            stat(source)
         with _client(settings) as client:
-            partition(client, settings, args.paths[:-1], args.paths[-1], replace=args.replace, buckets=args.buckets)
+            partition(client, settings, args.paths[:-1], args.paths[-1], replace=args.replace, buckets=args.buckets,
+                      append=args.append)
         return 0
     if args.command == "stats":
         from .stages.table_stats import say_stats, table_stats

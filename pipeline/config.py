@@ -124,3 +124,6 @@ def validate(s: Settings) -> None:
                          "must be at least 1 KiB")
     if s.read.max_line < 1024:
         raise UsageError("read.max-line must be at least 1 KiB")
+    codecs = ("zstd", "snappy", "gzip", "lz4", "brotli", "none")
+    if s.compression not in codecs:
+        raise UsageError(f"write.compression must be one of {', '.join(codecs)}, got {s.compression!r}")

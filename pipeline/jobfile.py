@@ -60,6 +60,7 @@ def run_steps(client, settings, steps: list, base_dir: str) -> list[dict]:
                     raise UsageError("partition step needs 'sources'")
                 results.append(partition(client, settings, [_resolve(s, base_dir) for s in sources],
                                          body["table"], replace=bool(body.get("replace")),
+                                         append=bool(body.get("append")),
                                          buckets=body.get("buckets")))
             elif name == "stats":
                 from .stages.table_stats import table_stats

@@ -1,12 +1,13 @@
-"""Worker-side grouping of parsed rows by (date, bucket), so each partition gets few, large files.
+"""Worker-side grouping of parsed rows by (source, date, bucket), so each partition gets few, large files.
 
-Each read task parses its range, sorts it on a small integer key (days × buckets + bucket) and hands the
-sorted slices to the accumulator of its worker. When the buffered Arrow bytes pass the memory budget, the
-accumulator writes one data file per partition and forgets the rows: a worker's memory is bounded by the
-budget, not by the file. The files are committed later by the driver, all in one snapshot.
+Each read task parses its range, sorts it on a small integer key (days × buckets + bucket) and hands the sorted
+slices to its worker's accumulator for the load. When everything a worker buffers — all loads, all sources —
+passes `write.memory-budget`, the largest accumulator writes one data file per (source, partition) and forgets
+its rows: a worker's memory is bounded by the budget, whatever the files or the number of sources. The files are
+committed later by the driver, all in one snapshot.
 
-The accumulator lives on the Dask worker object (one per load and source), so it disappears with the worker;
-the driver checks that every range reached a surviving accumulator and re-reads the ones that did not.
+Accumulators live on the Dask worker object, so they disappear with the worker; the driver checks that every
+range reached a surviving accumulator and re-reads the ones that did not.
 """
 from __future__ import annotations
 
@@ -16,9 +17,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import pyarrow as pa
 
-from ..report import stats
-from ..table.bucket import bucket_array
 from ..schema import QUARANTINE_SCHEMA
+from ..table.bucket import bucket_array
 from ..table.write import WriteTarget, WrittenFile, to_date, write_data_files
 
 
@@ -41,13 +41,13 @@ def sort_by_partition(rows: pa.Table, buckets: int) -> tuple[pa.Table, np.ndarra
 
 @dataclass
 class Accumulator:
+    """One load's rows on one worker, grouped by (source fingerprint, partition key)."""
+
     load_id: str
-    source: str
     target: WriteTarget
     quarantine_target: WriteTarget
     buckets: int
-    budget: int
-    groups: dict = field(default_factory=dict)  # key -> list of sorted slices
+    groups: dict = field(default_factory=dict)  # (fingerprint, key) -> list of sorted slices
     quarantine: list = field(default_factory=list)
     nbytes: int = 0
     ranges: set = field(default_factory=set)
@@ -55,7 +55,7 @@ class Accumulator:
     quarantine_files: list = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def add_range(self, range_key: str, parts: list[pa.Table], quarantine: pa.Table | None) -> bool:
+    def add_range(self, range_key: str, source: str, parts: list[pa.Table], quarantine: pa.Table | None) -> bool:
         """Take a whole range's rows at once (a failed task adds nothing); False if already taken."""
         with self.lock:
             if range_key in self.ranges:
@@ -63,30 +63,31 @@ class Accumulator:
             for rows in parts:
                 sorted_rows, keys, starts = sort_by_partition(rows, self.buckets)
                 for k, s, e in zip(keys.tolist(), starts[:-1].tolist(), starts[1:].tolist()):
-                    self.groups.setdefault(k, []).append(sorted_rows.slice(s, e - s))
+                    self.groups.setdefault((source, k), []).append(sorted_rows.slice(s, e - s))
                 self.nbytes += sorted_rows.nbytes
             if quarantine is not None and quarantine.num_rows:
                 self.quarantine.append(quarantine)
                 self.nbytes += quarantine.nbytes
             self.ranges.add(range_key)
-            if self.nbytes >= self.budget:
-                self._flush()
             return True
+
+    def flush(self) -> None:
+        with self.lock:
+            self._flush()
 
     def _flush(self) -> None:
         groups = []
-        for key in sorted(self.groups):
-            rows = pa.concat_tables(self.groups[key])
-            groups.append(((to_date(key // self.buckets), key % self.buckets), rows))
+        for (source, key) in sorted(self.groups):
+            rows = pa.concat_tables(self.groups[(source, key)])
+            groups.append(((to_date(key // self.buckets), key % self.buckets), source, rows))
         self.groups.clear()
         if groups:
-            data_files = write_data_files(self.target, groups)
-            for (_, rows), df in zip(groups, data_files):
-                self.files.append(WrittenFile(df, self.source, stats.chunk(rows["viewing_percentage"])))
+            self.files.extend(write_data_files(self.target, groups))
         if self.quarantine:
             q = pa.concat_tables(self.quarantine)
             self.quarantine = []
-            self.quarantine_files.extend(write_data_files(self.quarantine_target, [((self.load_id,), q)]))
+            self.quarantine_files.extend(
+                w.data_file for w in write_data_files(self.quarantine_target, [((self.load_id,), "0" * 24, q)]))
         self.nbytes = 0
 
     def finish(self) -> dict:
@@ -121,32 +122,41 @@ def _registry() -> dict:
         return worker._impressions_accumulators
 
 
-def accumulator_for(load_id: str, source_index: int, make) -> Accumulator:
+def accumulator_for(load_id: str, make) -> Accumulator:
     reg = _registry()
     with _REGISTRY_LOCK:
-        key = (load_id, source_index)
-        if key not in reg:
-            reg[key] = make()
-        return reg[key]
+        if load_id not in reg:
+            reg[load_id] = make()
+        return reg[load_id]
+
+
+def keep_within(budget: int) -> None:
+    """Flush the largest accumulators on this worker until what it buffers (every load) fits the budget."""
+    reg = _registry()
+    while True:
+        with _REGISTRY_LOCK:
+            accs = list(reg.values())
+        if sum(a.nbytes for a in accs) < budget or not accs:
+            return
+        max(accs, key=lambda a: a.nbytes).flush()
+
+
+def buffered_bytes() -> int:
+    """What this worker holds in accumulators (all loads): the budget's measure, and a soak check."""
+    with _REGISTRY_LOCK:
+        return sum(a.nbytes for a in _registry().values())
 
 
 def finish_load(load_id: str) -> dict:
     """Flush and hand over everything this worker holds for the load (run once per worker)."""
     reg = _registry()
     with _REGISTRY_LOCK:
-        keys = [k for k in reg if k[0] == load_id]
-        accs = [reg.pop(k) for k in keys]
-    out = {}
-    for (lid, source_index), acc in zip(keys, accs):
-        out[source_index] = acc.finish()
-    return out
+        acc = reg.pop(load_id, None)
+    return acc.finish() if acc else {"ranges": [], "files": [], "quarantine_files": []}
 
 
 def drop_load(load_id: str) -> int:
-    """Forget a failed load's buffers on this worker."""
+    """Forget a load's buffers on this worker (after it failed, or left over by a recomputed task)."""
     reg = _registry()
     with _REGISTRY_LOCK:
-        keys = [k for k in reg if k[0] == load_id]
-        for k in keys:
-            reg.pop(k)
-    return len(keys)
+        return 1 if reg.pop(load_id, None) is not None else 0

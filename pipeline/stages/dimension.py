@@ -6,6 +6,7 @@ Attributes are strings unless `impressions.dimension.types` says otherwise.
 from __future__ import annotations
 
 import gzip
+import hashlib
 import io
 import json
 from dataclasses import dataclass
@@ -13,16 +14,13 @@ from dataclasses import dataclass
 import pyarrow as pa
 import pyarrow.compute as pc
 from pyarrow import csv as pacsv
-from pyiceberg.partitioning import UNPARTITIONED_PARTITION_SPEC
 
 from ..errors import UsageError
 from ..read.rules import parse_date
 from ..schema import COLUMNS
 from ..read.sources import describe
 from ..storage import filesystem
-from ..table.catalog import TABLE_PROPERTIES, ensure_namespace
-from ..table.commit import replace_contents
-from ..table.schema import iceberg_schema
+from ..table import dimension_store
 
 KEY = "campaign_id"
 
@@ -36,6 +34,27 @@ class Dimension:
     @property
     def attributes(self) -> list[str]:
         return [c for c in self.rows.column_names if c not in self.keys]
+
+    @property
+    def fingerprint(self) -> str:
+        """Of the content (rows in key order, columns and types), not of the file it came from."""
+        rows = sorted(self.rows.to_pylist(), key=lambda r: [str(r[k]) for k in self.keys])
+        raw = json.dumps([str(self.rows.schema), rows], default=str, sort_keys=True).encode()
+        return hashlib.sha256(raw).hexdigest()[:24]
+
+
+def store(catalog, namespace: str, settings, dim: Dimension, load_id: str, stage: str) -> int:
+    """The snapshot id of this dimension version in the stored dimension table (stored once per content)."""
+    props = {"impressions.load-id": load_id, "impressions.stage": stage,
+             "impressions.sources": json.dumps([dim.source] if dim.source else [])}
+    return dimension_store.store(catalog, (namespace, settings.dimension_table), dim.rows, dim.keys,
+                                 dim.fingerprint, props)
+
+
+def load_version(catalog, namespace: str, settings, snapshot_id: int | None = None) -> Dimension | None:
+    """A stored dimension version (the current one by default); None if there is none."""
+    found = dimension_store.load_version(catalog, (namespace, settings.dimension_table), snapshot_id)
+    return Dimension(found[0], found[1], None) if found else None
 
 
 def _arrow_type(name: str) -> pa.DataType:
@@ -167,50 +186,3 @@ def changed_keys(old: Dimension | None, new: Dimension) -> pa.Table:
     source = {k: (rows_b.get(k) or rows_a.get(k)) for k in changed}
     return pa.Table.from_pylist([{key: source[k][key] for key in new.keys} for k in sorted(changed)],
                                 schema=pa.schema([a.schema.field(key) for key in new.keys]))
-
-
-# ------------------------------------------------------------------ the stored dimension table
-
-def store(catalog, ident: tuple[str, str], dim: Dimension, load_id: str, stage: str) -> int:
-    """Write the dimension as the table's new snapshot (overwrite); returns the snapshot id."""
-    from pyiceberg.exceptions import NoSuchTableError
-
-    ensure_namespace(catalog, ident[0])
-    from pyiceberg.exceptions import TableAlreadyExistsError
-
-    try:
-        table = catalog.load_table(ident)
-    except NoSuchTableError:
-        try:
-            table = catalog.create_table(ident, schema=iceberg_schema(dim.rows),
-                                         partition_spec=UNPARTITIONED_PARTITION_SPEC,
-                                         properties={**TABLE_PROPERTIES, "impressions.keys": json.dumps(dim.keys)})
-        except TableAlreadyExistsError:  # created by a concurrent run
-            table = catalog.load_table(ident)
-    current = {f.name for f in table.schema().fields}
-    new_cols = [c for c in dim.rows.column_names if c not in current]
-    if new_cols:
-        with table.update_schema() as u:
-            for c in new_cols:
-                u.union_by_name(iceberg_schema(dim.rows.select([c])))
-        table = table.refresh()
-    rows = _with_columns(dim.rows, [f.name for f in table.schema().fields])
-    props = {"impressions.load-id": load_id, "impressions.stage": stage,
-             "impressions.sources": json.dumps([dim.source] if dim.source else [])}
-    return replace_contents(table, rows, props).current_snapshot().snapshot_id
-
-
-def load_version(catalog, ident: tuple[str, str], snapshot_id: int | None = None) -> Dimension | None:
-    """A stored dimension version (the current one by default); None if there is none."""
-    from pyiceberg.exceptions import NoSuchTableError
-
-    try:
-        table = catalog.load_table(ident)
-    except NoSuchTableError:
-        return None
-    if table.current_snapshot() is None:
-        return None
-    rows = table.scan(snapshot_id=snapshot_id).to_arrow()
-    keys = tuple(json.loads(table.properties.get("impressions.keys", json.dumps([KEY]))))
-    # drop columns that were all-null additions of later versions
-    return Dimension(rows, keys, None)

@@ -1,8 +1,12 @@
 """The join stage: FACT_PARTITIONED ⋈ campaign dimension → FACT_JOINED, as a broadcast join.
 
 The dimension is read once on the driver and scattered to every worker once; each task reads one source data
-file, left-joins it with the dimension and writes one file into the same (date, bucket) partition of the target.
-Joins are incremental: only source files added since the target's last join are processed (`--full` rebuilds).
+file, left-joins it with the dimension and writes one file into the same (date, bucket) partition of the target,
+named for the same source. Joins are incremental by lineage (table/lineage.py): the target holds the source
+loads it has joined; a run joins the source's loads it does not hold yet and drops the rows of loads the source
+no longer holds (replaced sources). `--full` rebuilds; so does a run whose dimension differs from the one the
+target was built with, or whose source was rewritten by another engine (its rows can no longer be told apart
+by load) — each said on stderr.
 """
 from __future__ import annotations
 
@@ -12,21 +16,24 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from distributed import Client, as_completed
 
-from ..report import stats
-from ..table.bucket import bucket_of
-from ..table.commit import PROP_DIMENSION, PROP_STATS, commit_files, latest_id, props_of, write_stats_file
-from .dimension import Dimension, as_dimension, store
 from ..errors import LoadError, UsageError
+from ..report import stats
 from ..report.loads import Load, load_id, say
 from ..report.progress import Progress
 from ..schema import COLUMNS
+from ..table.bucket import bucket_of
 from ..table.catalog import create_or_load, load_table, open_catalog, qualified, table_name, table_properties
-from ..table.schema import bucket_count, fact_schema, fact_spec, iceberg_schema
+from ..table.commit import Change, commit, without_auto_retry
+from ..table.lineage import (DIMENSION_FINGERPRINT, DIMENSION_SNAPSHOT, entry_properties, fingerprint_of, lineage,
+                             property_key)
+from ..table.schema import add_columns, bucket_count, fact_schema, fact_spec
 from ..table.write import WriteTarget, WrittenFile, write_data_files
+from .dimension import Dimension, as_dimension, store
+from .partition_commit import PROP_LOAD, PROP_SOURCES, PROP_STAGE
 
 STAGE = "join"
-PROP_SOURCE_SNAPSHOT = "impressions.source-snapshot-id"
 MATCHED = "__dimension_matched"
+UNKNOWN_SOURCE = "0" * 24  # rows from a file another engine named: its source cannot be told
 
 
 # ------------------------------------------------------------------ worker side
@@ -54,17 +61,17 @@ def read_file(target: WriteTarget, path: str) -> pa.Table:
 
 
 def join_file(src: WriteTarget, dst: WriteTarget, path: str, dim_rows: pa.Table, attributes: list[str]) -> dict:
-    """Read one source file, join it, write it into the same partition of the target (whose writer puts the
-    columns in the target's order and types, and fills the ones the rows lack with nulls)."""
+    """Read one source file, join it, write it into the same partition of the target, named for the same source
+    (the target's writer puts the columns in its order and types, and fills the ones the rows lack with nulls)."""
     facts = read_file(src, path)
     result = {"source_file": path, "rows_read": facts.num_rows, "orphans": 0, "record": None}
     if facts.num_rows == 0:
         return result
     joined, orphans = join_rows(facts, dim_rows, attributes)
     values = (joined["ad_date"][0].as_py(), bucket_of(joined["campaign_id"][0].as_py(), bucket_count(dst.metadata)))
-    (data_file,) = write_data_files(dst, [(values, joined)])
+    (written,) = write_data_files(dst, [(values, fingerprint_of(path) or UNKNOWN_SOURCE, joined)])
     result["orphans"] = orphans
-    result["record"] = WrittenFile(data_file, path, stats.chunk(joined["viewing_percentage"]))
+    result["record"] = written
     return result
 
 
@@ -72,29 +79,11 @@ def join_file(src: WriteTarget, dst: WriteTarget, path: str, dim_rows: pa.Table,
 
 def evolve(table, dim: Dimension):
     """Add the dimension's attribute columns the table lacks (Iceberg schema evolution)."""
-    have = {f.name for f in table.schema().fields}
-    missing = [c for c in dim.attributes if c not in have]
+    missing = [c for c in dim.attributes if c not in {f.name for f in table.schema().fields}]
     if missing:
-        with table.update_schema() as u:
-            u.union_by_name(iceberg_schema(dim.rows.select(missing)))
-        table = table.refresh()
+        table = add_columns(table, dim.rows.select(missing))
         say(f"{'.'.join(table.name())}: added column(s) {', '.join(missing)}")
     return table
-
-
-def dimension_snapshot(catalog, settings, namespace: str, dim: Dimension, lid: str, stage: str) -> int:
-    """Store the dimension as a new snapshot unless the current one came from the same file."""
-    ident = (namespace, settings.dimension_table)
-    try:
-        table = catalog.load_table(ident)
-        current = table.current_snapshot()
-        if current is not None and dim.source:
-            sources = json.loads(props_of(current).get("impressions.sources", "[]"))
-            if sources and sources[0].get("fingerprint") == dim.source["fingerprint"]:
-                return current.snapshot_id
-    except Exception:  # noqa: BLE001 - no table yet
-        pass
-    return store(catalog, ident, dim, lid, stage)
 
 
 def run_file_tasks(client: Client, src: WriteTarget, dst: WriteTarget, paths: list[str], dim: Dimension,
@@ -105,11 +94,31 @@ def run_file_tasks(client: Client, src: WriteTarget, dst: WriteTarget, paths: li
     futures = [client.submit(join_file, src, dst, p, dim_future, dim.attributes, pure=False) for p in paths]
     progress = Progress(len(futures), label)
     out = []
-    for fut in as_completed(futures):
-        out.append(fut.result())
-        progress.step()
-    progress.close()
+    try:
+        for fut in as_completed(futures):
+            out.append(fut.result())
+            progress.step()
+    except Exception:
+        for f in futures:
+            f.cancel()
+        raise
+    finally:
+        progress.close()
     return out
+
+
+def files_by_source(table) -> dict:
+    """source fingerprint (None for files another engine named) → the table's live data files."""
+    out: dict = {}
+    if table.current_snapshot() is not None:
+        for task in table.scan().plan_files():
+            out.setdefault(fingerprint_of(task.file.file_path), []).append(task.file)
+    return out
+
+
+def _adds_up(files: dict, entries: dict, fingerprints) -> bool:
+    """Whether each source's rows are all still in files named for it."""
+    return all(sum(f.record_count for f in files.get(fp, [])) == entries[fp].rows for fp in fingerprints)
 
 
 def join(client: Client, settings, dimension: str | Dimension, source_arg: str, table_arg: str,
@@ -121,57 +130,64 @@ def join(client: Client, settings, dimension: str | Dimension, source_arg: str, 
         raise UsageError("join writes a new table: SOURCE_TABLE and TABLE must differ")
     source = load_table(catalog, src_ident)
     dim = as_dimension(dimension, settings)
-    src_snapshot = source.current_snapshot()
-    lid = load_id(STAGE, qualified(dst_ident), [dim.source["fingerprint"],
-                                                 str(src_snapshot.snapshot_id if src_snapshot else None), str(full)])
-    load = Load(STAGE, qualified(dst_ident), lid)
-
-    target = create_or_load(catalog, dst_ident, fact_schema(), fact_spec(bucket_count(source)),
-                            table_properties(settings))
+    target = without_auto_retry(create_or_load(catalog, dst_ident, fact_schema(), fact_spec(bucket_count(source)),
+                                               table_properties(settings)))
     if bucket_count(target) != bucket_count(source):
         raise UsageError(f"{qualified(dst_ident)} has {bucket_count(target)} buckets, the source {bucket_count(source)}")
-    current = {t.file.file_path: t.file for t in source.scan().plan_files()} if src_snapshot else {}
-    done_at = latest_id(target, PROP_SOURCE_SNAPSHOT)
-    if not full and done_at is not None and target.current_snapshot() is not None:
-        if src_snapshot and done_at == src_snapshot.snapshot_id:
-            return load.finish("SKIPPED", rows_read=0, rows_written=0, rows_quarantined=0, quarantine={},
-                               files_written=0, bytes_written=0, orphans=0, reason="source unchanged since last join")
-        try:
-            before = {t.file.file_path for t in source.scan(snapshot_id=done_at).plan_files()}
-        except Exception:  # noqa: BLE001 - expired snapshot
-            before = None
-        if before is None or not before <= set(current):
-            say("the source table was rewritten since the last join: rebuilding the joined table (--full)")
-            full = True
-        else:
-            paths = [p for p in current if p not in before]
-    if full or done_at is None or target.current_snapshot() is None:
-        full = True
-        paths = list(current)
 
-    load.status("RUNNING", files=len(paths))
+    src_lin, dst_lin = lineage(source.properties), lineage(target.properties)
+    src_files, dst_files = files_by_source(source), files_by_source(target)
+    built = target.properties.get(DIMENSION_FINGERPRINT)
+    if not full and dst_files and built and built != dim.fingerprint:
+        say(f"{qualified(dst_ident)} was built with another version of the dimension: rebuilding it (as --full)")
+        full = True
+    stale = {fp for fp, e in dst_lin.items() if fp not in src_lin or src_lin[fp].load_id != e.load_id}
+    new = {fp for fp in src_lin if fp not in dst_lin or fp in stale}
+    if not full and (None in src_files or not _adds_up(src_files, src_lin, new)
+                     or None in dst_files or not _adds_up(dst_files, dst_lin, stale)):
+        say(f"the files of {qualified(src_ident)} or {qualified(dst_ident)} were rewritten by another tool: "
+            "rebuilding (as --full)")
+        full = True
+    if full:
+        paths = [f.file_path for fs in src_files.values() for f in fs]
+        joined = set(src_lin)
+    else:
+        paths = [f.file_path for fp in new for f in src_files.get(fp, [])]
+        joined = new
+    lid = load_id(STAGE, qualified(dst_ident), [dim.fingerprint, "full" if full else "incremental",
+                                                 *sorted(f"{fp}:{src_lin[fp].load_id}" for fp in joined)])
+    load = Load(STAGE, qualified(dst_ident), lid, [dim.source] if dim.source else [])
+    if not full and not new and not stale and target.current_snapshot() is not None:
+        return load.finish("SKIPPED", rows_read=0, rows_written=0, rows_quarantined=0, quarantine={},
+                           files_written=0, bytes_written=0, orphans=0, reason="no new loads in the source")
+
+    load.status("RUNNING", files=len(paths), full=full)
     try:
-        dim_snapshot = dimension_snapshot(catalog, settings, dst_ident[0], dim, lid, "dimension")
+        dim_snapshot = store(catalog, dst_ident[0], settings, dim, lid, "dimension")
         target = evolve(target, dim)
         results = run_file_tasks(client, WriteTarget.of(source), WriteTarget.of(target), paths, dim, "join")
-        records = [r["record"] for r in results if r["record"] is not None]
-        stats_path = write_stats_file(target, lid, [r.summary() for r in records])
+        records: list[WrittenFile] = [r["record"] for r in results if r["record"] is not None]
 
         def plan(t):
-            """A rebuild replaces whatever the target holds now; an incremental join appends, but only if no
-            other join has advanced the target meanwhile (its files would then be appended twice)."""
-            if full:
-                return [task.file for task in t.scan().plan_files()] if t.current_snapshot() else []
-            if latest_id(t, PROP_SOURCE_SNAPSHOT) != done_at:
+            if not full and lineage(t.properties) != dst_lin:
                 raise LoadError(f"another join committed to {qualified(dst_ident)} meanwhile; nothing committed, "
                                 "run the join again")
-            return []
+            now = lineage(t.properties)
+            if full:
+                deletes = [task.file for task in t.scan().plan_files()] if t.current_snapshot() else []
+                gone = [fp for fp in now if fp not in joined]
+            else:
+                deletes = [f for fp in stale for f in dst_files.get(fp, [])]
+                gone = [fp for fp in stale if fp not in joined]
+            return Change(
+                adds=[r.data_file for r in records], deletes=deletes,
+                set_properties={**entry_properties(src_lin[fp] for fp in joined),
+                                DIMENSION_SNAPSHOT: str(dim_snapshot), DIMENSION_FINGERPRINT: dim.fingerprint},
+                remove_properties=[property_key(fp) for fp in gone],
+                snapshot_properties={PROP_LOAD: lid, PROP_STAGE: STAGE, DIMENSION_SNAPSHOT: str(dim_snapshot),
+                                     PROP_SOURCES: json.dumps([dim.source] if dim.source else [])})
 
-        commit_files(target, load, STAGE, [r.data_file for r in records], plan, {
-            PROP_SOURCE_SNAPSHOT: str(src_snapshot.snapshot_id) if src_snapshot else "",
-            PROP_DIMENSION: str(dim_snapshot), PROP_STATS: stats_path,
-            "impressions.sources": json.dumps([dim.source]),
-        })
+        commit(target, plan)
     except Exception as e:
         load.finish("FAILED", error=str(e))
         if isinstance(e, (LoadError, UsageError)):
@@ -179,7 +195,9 @@ def join(client: Client, settings, dimension: str | Dimension, source_arg: str, 
         raise LoadError(f"{type(e).__name__}: {e}") from e
     rows_read = sum(r["rows_read"] for r in results)
     written = sum(r.data_file.record_count for r in records)
+    summary = stats.summary(stats.tree_reduce([r.moments for r in records]))
     return load.finish("SUCCEEDED", rows_read=rows_read, rows_written=written, rows_quarantined=0, quarantine={},
                        files_written=len(records), bytes_written=sum(r.data_file.file_size_in_bytes for r in records),
                        orphans=sum(r["orphans"] for r in results), full=full,
-                       vp_std=stats.summary(stats.tree_reduce([r.moments for r in records]))["vp_std"])
+                       vp_mean=summary["vp_mean"], vp_std=summary["vp_std"])
+

@@ -1,35 +1,44 @@
 """The partition stage: gzip sources → parsed rows → (date, bucket) partitions → one Iceberg snapshot.
 
-Driver side: plan (index passes as tasks, then byte ranges as plain data), submit one read task per range,
-collect every worker's files, check that every line is accounted for, commit once. Worker side: `read_range`
-reads exactly the lines its range owns, parses them and hands them to the worker's accumulator.
+Driver side: decide which sources to load (lineage.py: a source already in the table is skipped, a path that now
+holds other bytes is refused unless --replace or --append), plan (index passes as tasks, then byte ranges as
+plain data), submit one read task per range, collect every worker's files, check that every line is accounted
+for, commit once (partition_commit.py). Worker side: `read_range` reads exactly the lines its range owns, parses
+them and hands them to the worker's accumulator.
 """
 from __future__ import annotations
 
+import time
 import uuid
 from dataclasses import dataclass, field
 
-from distributed import Client, as_completed
+from concurrent.futures import CancelledError
+
+from distributed import Client, KilledWorker, as_completed, wait
 from isal.isal_zlib import error as IsalError
 
-from ..report import stats
-from ..table.commit import commit_partition, committed_sources
-from .accumulate import Accumulator, accumulator_for, drop_load, finish_load, quarantine_table
 from ..config import Settings
 from ..errors import LoadError, UsageError
 from ..read.gzindex import build_index, cache_url
-from ..report.loads import Load, load_id, say
-from ..report.progress import Progress
 from ..read.parse import parse_block
 from ..read.ranges import ByteRange, LongLine, open_range, owned_blocks, plan_indexed, plan_plain
-from ..read.sources import Source, describe, is_gzip
+from ..read.sources import Source, describe_all, is_gzip
+from ..report import stats
+from ..report.loads import Load, load_id, say
+from ..report.progress import Progress
 from ..storage import filesystem
 from ..table.catalog import create_or_load, open_catalog, qualified, table_name, table_properties
+from ..table.commit import without_auto_retry
+from ..table.lineage import lineage
 from ..table.schema import QUARANTINE_ICEBERG, QUARANTINE_SPEC, bucket_count, fact_schema, fact_spec
 from ..table.write import WriteTarget
+from .accumulate import Accumulator, accumulator_for, drop_load, finish_load, keep_within, quarantine_table
+from .partition_commit import commit_load
 
 STAGE = "partition"
 HEAD_RANGES = 2  # a streaming head task reads this many range sizes while the index pass runs
+READ_RETRIES = 2  # read tasks are idempotent (an accumulator takes a range once): Dask may rerun them
+HAND_OVER_TIMEOUT = 600  # seconds one worker may take to write and hand over its files
 
 
 # ------------------------------------------------------------------ worker side
@@ -71,9 +80,9 @@ def read_range(source: Source, r: ByteRange, load: str, target: WriteTarget, qta
     for reason in q_reason:
         result.quarantine[reason] = result.quarantine.get(reason, 0) + 1
     quarantine = quarantine_table(load, source.url, q_off, q_reason, q_line) if q_off else None
-    acc = accumulator_for(load, r.source_index, lambda: Accumulator(
-        load, source.url, target, qtarget, bucket_count(target.metadata), settings.memory_budget))
-    acc.add_range(r.key, parts, quarantine)
+    acc = accumulator_for(load, lambda: Accumulator(load, target, qtarget, bucket_count(target.metadata)))
+    acc.add_range(r.key, source.fingerprint, parts, quarantine)
+    keep_within(settings.memory_budget)
     return result
 
 
@@ -96,6 +105,207 @@ class _Checked:
 
 
 # ------------------------------------------------------------------ driver side
+
+@dataclass
+class Plan:
+    """Which of the given sources this load reads, and which committed sources it replaces."""
+
+    todo: list = field(default_factory=list)
+    skipped: list = field(default_factory=list)  # (source, why)
+    replaced: dict = field(default_factory=dict)  # fingerprint -> SourceEntry of rows to delete
+
+
+def plan_sources(sources: list[Source], committed: dict, replace: bool, append: bool, table: str) -> Plan:
+    """Decide per source by content: new → load; already in the table → skip (or --replace it); a path that
+    was loaded with other content → refuse, unless --replace (its old rows go) or --append (both stay)."""
+    plan = Plan()
+    by_path: dict = {}
+    for entry in committed.values():
+        by_path.setdefault(entry.path, []).append(entry)
+    for s in sources:
+        same = committed.get(s.fingerprint)
+        if same is not None and not replace:
+            why = "already loaded" if same.path == s.url else f"same content as {same.path}, already loaded"
+            plan.skipped.append((s, f"{why} (load {same.load_id})"))
+            continue
+        earlier = [e for e in by_path.get(s.url, []) if e.fingerprint != s.fingerprint]
+        if earlier and not (replace or append):
+            e = earlier[-1]
+            raise UsageError(
+                f"{s.url} was loaded into {table} before with other content ({e.size:,} bytes, load {e.load_id}, "
+                f"committed {e.committed}); use --replace to replace its rows, or --append to keep both")
+        plan.todo.append(s)
+        if replace:
+            plan.replaced.update({e.fingerprint: e for e in earlier + ([same] if same else [])})
+    return plan
+
+
+def partition(client: Client, settings: Settings, source_urls: list[str], table_arg: str,
+              replace: bool = False, buckets: int | None = None, append: bool = False) -> dict:
+    """Run the partition stage; returns the final load record (raises LoadError after a FAILED line)."""
+    if replace and append:
+        raise UsageError("--replace and --append exclude each other")
+    ident = table_name(table_arg, settings.namespace)
+    sources = describe_all(source_urls)
+    seen = {}
+    for s in sources:
+        if s.fingerprint in seen:
+            raise UsageError(f"the same content is given twice: {seen[s.fingerprint]} and {s.url}")
+        seen[s.fingerprint] = s.url
+    catalog = open_catalog(settings.warehouse, settings.catalog)
+    table = without_auto_retry(create_or_load(catalog, ident, fact_schema(), fact_spec(buckets or settings.buckets),
+                                              table_properties(settings)))
+    n_buckets = bucket_count(table)
+    if buckets is not None and buckets != n_buckets:
+        raise UsageError(f"{qualified(ident)} has {n_buckets} buckets, fixed when it was created (--buckets {buckets})")
+    qtable = without_auto_retry(create_or_load(catalog, (ident[0], settings.quarantine_table), QUARANTINE_ICEBERG,
+                                               QUARANTINE_SPEC, table_properties(settings)))
+
+    lid = load_id(STAGE, qualified(ident), [s.fingerprint for s in sources])
+    load = Load(STAGE, qualified(ident), lid, [s.to_dict() for s in sources])
+    plan = plan_sources(sources, lineage(table.properties), replace, append, qualified(ident))
+    for s, why in plan.skipped:
+        say(f"skipped {s.url}: {why}")
+    if not plan.todo:
+        return load.finish("SKIPPED", rows_read=0, rows_written=0, rows_quarantined=0, quarantine={},
+                           files_written=0, bytes_written=0, skipped_sources=[s.url for s, _ in plan.skipped])
+    load.status("RUNNING", sources=[s.url for s in plan.todo])
+    try:
+        record = _run(client, settings, table, qtable, plan, load)
+    except Exception as e:  # report, then let the CLI map it to an exit code
+        load.finish("FAILED", error=str(e))
+        if isinstance(e, (LoadError, UsageError)):
+            raise
+        raise LoadError(f"{type(e).__name__}: {e}") from e
+    finally:
+        client.run(drop_load, lid)  # whatever a failed or recomputed task left on a worker
+    if plan.skipped:
+        record["skipped_sources"] = [s.url for s, _ in plan.skipped]
+    return record
+
+
+def _run(client, settings, table, qtable, plan: Plan, load: Load) -> dict:
+    sources = plan.todo
+    # table metadata grows with the table's history: send it to each worker once, not with every task
+    target, qtarget = client.scatter([WriteTarget.of(table), WriteTarget.of(qtable)], broadcast=True, hash=False)
+    lid = load.load_id
+    ranges, pending = start_sources(client, sources, settings)
+    futures = _submit(client, sources, ranges, lid, target, qtarget, settings)
+    for i, index in pending.items():
+        head = next((r for r in ranges if r.source_index == i), None)
+        more = plan_indexed(i, _result(index, futures), settings.read.range_size,
+                            start=head.end if head else 0, first_number=1 if head else 0)
+        ranges += more
+        futures += _submit(client, sources, more, lid, target, qtarget, settings)
+    say(f"{len(ranges)} read task(s) over {len(sources)} source(s)")
+    results = _collect(futures)
+
+    files, qfiles, seen = [], [], set()
+    for attempt in range(3):
+        for part in _hand_over(client, lid):
+            files += part["files"]
+            qfiles += part["quarantine_files"]
+            for key in part["ranges"]:
+                if key in seen:
+                    raise LoadError(f"range {key} was read twice; nothing committed")
+                seen.add(key)
+        missing = [r for r in ranges if r.key not in seen]
+        if not missing:
+            break
+        say(f"{len(missing)} range(s) were lost with a worker; reading them again")
+        target, qtarget = client.scatter([WriteTarget.of(table), WriteTarget.of(qtable)], broadcast=True, hash=False)
+        results.update(_collect(_submit(client, sources, missing, lid, target, qtarget, settings)))
+    else:
+        raise LoadError(f"{len(missing)} range(s) could not be read after 3 attempts")
+
+    rows_read = sum(r.lines for r in results.values())
+    written = sum(f.data_file.record_count for f in files)
+    quarantine = {}
+    for r in results.values():
+        for k, v in r.quarantine.items():
+            quarantine[k] = quarantine.get(k, 0) + v
+    quarantined = sum(quarantine.values())
+    if written != rows_read - quarantined or written != sum(r.written for r in results.values()):
+        raise LoadError(f"row accounting mismatch: read {rows_read}, written {written}, quarantined {quarantined}")
+
+    outcome = commit_load(table, qtable, files, qfiles, plan, load)
+    if outcome == "concurrent":
+        return load.finish("SKIPPED", rows_read=rows_read, rows_written=0, rows_quarantined=quarantined,
+                           quarantine=dict(sorted(quarantine.items())), files_written=0, bytes_written=0,
+                           reason="a concurrent load committed the same source(s) first")
+    moments = stats.tree_reduce([f.moments for f in files])
+    summary = stats.summary(moments)
+    return load.finish(
+        "SUCCEEDED", rows_read=rows_read, rows_written=written, rows_quarantined=quarantined,
+        quarantine=dict(sorted(quarantine.items())), files_written=len(files), read_tasks=len(ranges),
+        bytes_written=sum(f.data_file.file_size_in_bytes for f in files),
+        replaced_sources=sorted({e.path for e in plan.replaced.values()}),
+        vp_mean=summary["vp_mean"], vp_std=summary["vp_std"],
+    )
+
+
+def _hand_over(client: Client, lid: str) -> list[dict]:
+    """Every worker flushes and hands over its files for the load. A worker that dies meanwhile is given up
+    on (its ranges are missing and get read again), never waited for: its pinned task could not move."""
+    holders = list(client.scheduler_info(n_workers=-1)["workers"])
+    futures = {client.submit(finish_load, lid, workers=[w], allow_other_workers=False, pure=False,
+                             key=f"finish-{lid}-{uuid.uuid4().hex[:6]}"): w for w in holders}
+    out, pending, deadline = [], set(futures), time.monotonic() + HAND_OVER_TIMEOUT
+    while pending:
+        try:
+            done, pending = wait(pending, timeout=1.0, return_when="FIRST_COMPLETED")
+        except TimeoutError:  # distributed.wait raises where concurrent.futures.wait would return
+            done = set()
+        for f in done:
+            out.append(f.result())
+        alive = set(client.scheduler_info(n_workers=-1)["workers"])
+        for f in [f for f in pending if futures[f] not in alive]:
+            f.cancel()
+            pending.discard(f)
+        if pending and time.monotonic() > deadline:
+            raise LoadError(f"{len(pending)} worker(s) did not hand over their files within {HAND_OVER_TIMEOUT} s")
+    return out
+
+
+def _submit(client, sources, ranges, lid, target, qtarget, settings) -> list:
+    return [client.submit(read_range, sources[r.source_index], r, lid, target, qtarget, settings,
+                          key=f"read-{lid}-{r.key}-{uuid.uuid4().hex[:6]}", retries=READ_RETRIES)
+            for r in ranges]
+
+
+def _result(future, others: list):
+    """A future's result; on failure (other than a lost worker) the other tasks of the load are cancelled."""
+    try:
+        return future.result()
+    except (CancelledError, KilledWorker):
+        raise
+    except Exception:
+        for f in others:
+            f.cancel()
+        raise
+
+
+def _collect(futures: list) -> dict:
+    """Each read task's counts, as they come. A finished task is released at once: its rows already sit in a
+    worker's accumulator, and a result we kept would make Dask recompute it if that worker died (the hand-over
+    notices lost ranges and reads them again instead)."""
+    results = {}
+    progress = Progress(len(futures), "read")
+    try:
+        for fut in as_completed(futures):
+            try:
+                res = _result(fut, futures) if fut.status != "cancelled" else None
+            except (CancelledError, KilledWorker):  # lost with a worker: the hand-over reads it again
+                res = None
+            if res is not None:
+                results[res.key] = res
+            fut.release()
+            progress.step(res.uncompressed if res else 0)
+    finally:
+        progress.close()
+        futures.clear()
+    return results
+
 
 def start_sources(client: Client, sources: list[Source], settings: Settings):
     """Plan what can be read at once, and start the index passes that the rest waits for.
@@ -128,128 +338,3 @@ def _head_size(compressed: int, workers: int, rs) -> int:
     """What the head task reads: at most HEAD_RANGES ranges, and at most about half of one worker's share
     of the file (CSV inflates ~4x), so a mid-sized file is still read by several tasks."""
     return max(rs.block_size, min(HEAD_RANGES * rs.range_size, compressed * 4 // (2 * workers)))
-
-
-def partition(client: Client, settings: Settings, source_urls: list[str], table_arg: str,
-              replace: bool = False, buckets: int | None = None) -> dict:
-    """Run the partition stage; returns the final load record (raises LoadError after a FAILED line)."""
-    ident = table_name(table_arg, settings.namespace)
-    sources = [describe(u) for u in source_urls]
-    if len({s.url for s in sources}) != len(sources):
-        raise UsageError("the same source is given twice")
-    catalog = open_catalog(settings.warehouse, settings.catalog)
-    table = create_or_load(catalog, ident, fact_schema(), fact_spec(buckets or settings.buckets),
-                           table_properties(settings))
-    n_buckets = bucket_count(table)
-    if buckets is not None and buckets != n_buckets:
-        raise UsageError(f"{qualified(ident)} has {n_buckets} buckets, fixed when it was created (--buckets {buckets})")
-    qtable = create_or_load(catalog, (ident[0], settings.quarantine_table), QUARANTINE_ICEBERG, QUARANTINE_SPEC,
-                            table_properties(settings))
-
-    lid = load_id(STAGE, qualified(ident), [s.fingerprint for s in sources])
-    load = Load(STAGE, qualified(ident), lid, [s.to_dict() for s in sources])
-    done = committed_sources(table)
-    todo = [s for s in sources if replace or s.fingerprint not in done]
-    if not todo:
-        return load.finish("SKIPPED", rows_read=0, rows_written=0, rows_quarantined=0, quarantine={},
-                           files_written=0, bytes_written=0, skipped_sources=[s.url for s in sources])
-    skipped = [s.url for s in sources if s not in todo]
-    if skipped:
-        say(f"already loaded, skipped: {', '.join(skipped)}")
-    load.status("RUNNING", sources=[s.url for s in todo])
-    try:
-        record = _run(client, settings, table, qtable, todo, load, replace)
-    except Exception as e:  # report, then let the CLI map it to an exit code
-        client.run(drop_load, lid)
-        load.finish("FAILED", error=str(e))
-        if isinstance(e, (LoadError, UsageError)):
-            raise
-        raise LoadError(f"{type(e).__name__}: {e}") from e
-    if skipped:
-        record["skipped_sources"] = skipped
-    return record
-
-
-def _run(client, settings, table, qtable, sources, load: Load, replace: bool) -> dict:
-    # table metadata grows with the table's history: send it to each worker once, not with every task
-    target, qtarget = client.scatter([WriteTarget.of(table), WriteTarget.of(qtable)], broadcast=True, hash=False)
-    lid = load.load_id
-    ranges, pending = start_sources(client, sources, settings)
-    futures = _submit(client, sources, ranges, lid, target, qtarget, settings)
-    for i, index in pending.items():
-        head = next((r for r in ranges if r.source_index == i), None)
-        more = plan_indexed(i, _result(index, futures), settings.read.range_size,
-                            start=head.end if head else 0, first_number=1 if head else 0)
-        ranges += more
-        futures += _submit(client, sources, more, lid, target, qtarget, settings)
-    say(f"{len(ranges)} read task(s) over {len(sources)} source(s); dashboard: {client.dashboard_link}")
-    results = _collect(futures)
-
-    files, qfiles, seen = [], [], {}
-    for attempt in range(3):
-        holders = list(client.scheduler_info(n_workers=-1)["workers"])
-        handed = client.gather([client.submit(finish_load, load.load_id, workers=[w], allow_other_workers=False,
-                                              pure=False) for w in holders])
-        for by_source in handed:
-            for src_index, part in by_source.items():
-                files += part["files"]
-                qfiles += part["quarantine_files"]
-                for key in part["ranges"]:
-                    if key in seen:
-                        raise LoadError(f"range {key} was read twice; nothing committed")
-                    seen[key] = True
-        missing = [r for r in ranges if r.key not in seen]
-        if not missing:
-            break
-        say(f"{len(missing)} range(s) were lost with a worker; reading them again")
-        results.update(_read_all(client, sources, missing, load.load_id, target, qtarget, settings))
-    else:
-        raise LoadError(f"{len(missing)} range(s) could not be read after 3 attempts")
-
-    rows_read = sum(r.lines for r in results.values())
-    written = sum(f.data_file.record_count for f in files)
-    quarantine = {}
-    for r in results.values():
-        for k, v in r.quarantine.items():
-            quarantine[k] = quarantine.get(k, 0) + v
-    quarantined = sum(quarantine.values())
-    if written != rows_read - quarantined or written != sum(r.written for r in results.values()):
-        raise LoadError(f"row accounting mismatch: read {rows_read}, written {written}, quarantined {quarantined}")
-
-    commit_partition(table, qtable, files, qfiles, sources, load, replace)
-    return load.finish(
-        "SUCCEEDED", rows_read=rows_read, rows_written=written, rows_quarantined=quarantined,
-        quarantine=dict(sorted(quarantine.items())), files_written=len(files), read_tasks=len(ranges),
-        bytes_written=sum(f.data_file.file_size_in_bytes for f in files),
-        vp_std=stats.summary(stats.tree_reduce([f.moments for f in files]))["vp_std"],
-    )
-
-
-def _submit(client, sources, ranges, lid, target, qtarget, settings) -> list:
-    return [client.submit(read_range, sources[r.source_index], r, lid, target, qtarget, settings,
-                          key=f"read-{lid}-{r.key}-{uuid.uuid4().hex[:6]}", retries=0) for r in ranges]
-
-
-def _result(future, others: list):
-    """A future's result; on failure the other tasks of the load are cancelled first."""
-    try:
-        return future.result()
-    except Exception:
-        for f in others:
-            f.cancel()
-        raise
-
-
-def _collect(futures) -> dict:
-    results = {}
-    progress = Progress(len(futures), "read")
-    for fut in as_completed(futures):
-        res = _result(fut, futures)
-        results[res.key] = res
-        progress.step(res.uncompressed)
-    progress.close()
-    return results
-
-
-def _read_all(client, sources, ranges, lid, target, qtarget, settings) -> dict:
-    return _collect(_submit(client, sources, ranges, lid, target, qtarget, settings))

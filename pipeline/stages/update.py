@@ -1,9 +1,12 @@
 """The update stage: campaign metadata changed → rewrite only the partitions that hold changed campaigns.
 
-Diff the new dimension against the version the table was built from → changed keys → affected (date, bucket)
-partitions → re-join and rewrite only their data files → one overwrite snapshot that deletes the old files and
-adds the new ones. Every other data file keeps its path and bytes. Readers see the old snapshot or the new one,
-never a mix. On a commit conflict the whole plan is made again against the new snapshot.
+Diff the new dimension against the version the table was built from (the table property
+`impressions.dimension-snapshot-id`) → changed keys → affected (date, bucket) partitions → re-join and rewrite
+only their data files → one overwrite snapshot that deletes the old files and adds the new ones, and records the
+new dimension version. Every other data file keeps its path and bytes. Readers see the old snapshot or the new
+one, never a mix. When the changed campaigns have no rows yet, the snapshot only records the new version, so a
+later update diffs against it and never drops the change. On a commit conflict the whole plan is made again
+against the new snapshot.
 
 TABLE may equal SOURCE_TABLE (in place, the production mode). A different TABLE gets a copy of SOURCE_TABLE's
 unaffected files (server-side copies on S3) plus the rewritten partitions, so the two tables never share a
@@ -13,20 +16,24 @@ from __future__ import annotations
 
 import json
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 
 import pyarrow as pa
 from distributed import Client
 
-from ..table.bucket import bucket_array
-from ..table.commit import (PROP_DIMENSION, PROP_LOAD, PROP_STATS, commit_files, latest_id, load_file_stats, props_of, write_stats_file)
-from .dimension import Dimension, as_dimension, changed_keys, load_version, store, upsert
 from ..errors import LoadError, UsageError
-from .join import evolve, run_file_tasks
+from ..report import stats
 from ..report.loads import Load, emit, load_id, say
 from ..storage import filesystem, is_remote
+from ..table.bucket import bucket_array
 from ..table.catalog import create_or_load, load_table, open_catalog, qualified, table_name, table_properties
-from ..table.schema import bucket_count
+from ..table.commit import Change, commit, without_auto_retry
+from ..table.lineage import DIMENSION_FINGERPRINT, DIMENSION_SNAPSHOT, entry_properties, lineage, property_key
+from ..table.schema import add_fields, bucket_count, fact_spec
 from ..table.write import WriteTarget, to_date, with_path
+from .dimension import Dimension, as_dimension, changed_keys, load_version, store, upsert
+from .join import evolve, run_file_tasks
+from .partition_commit import PROP_LOAD, PROP_SOURCES, PROP_STAGE
 
 STAGE = "update"
 ATTEMPTS = 3
@@ -38,7 +45,8 @@ class Replan(Exception):
 
 def dimension_snapshot_of(table) -> int | None:
     """The dimension version the table was last built from."""
-    return latest_id(table, PROP_DIMENSION)
+    value = table.properties.get(DIMENSION_SNAPSHOT)
+    return int(value) if value else None
 
 
 def affected_partitions(changed: pa.Table, keys, buckets: int) -> set:
@@ -74,17 +82,19 @@ def update(client: Client, settings, dimension: str | Dimension, source_arg: str
 
 
 def _update_once(client, settings, new_rows: Dimension, source_arg, table_arg, full_snapshot, dry_run) -> dict:
-    catalog = open_catalog(settings.warehouse, settings.catalog)
+    catalog = open_catalog(settings.warehouse, settings.catalog, create=not dry_run)
     src_ident = table_name(source_arg, settings.namespace)
     dst_ident = table_name(table_arg, settings.namespace)
     in_place = src_ident == dst_ident
     source = load_table(catalog, src_ident)
-    dim_ident = (src_ident[0], settings.dimension_table)
 
     base_id = dimension_snapshot_of(source)
     if base_id is None:
-        raise UsageError(f"{qualified(src_ident)} was not built by `join` (no dimension snapshot recorded)")
-    old = load_version(catalog, dim_ident, base_id)
+        raise UsageError(f"{qualified(src_ident)} was not built by `join` (no dimension version recorded)")
+    old = load_version(catalog, src_ident[0], settings, base_id)
+    if old is None:
+        raise UsageError(f"the dimension version {base_id} that {qualified(src_ident)} was built from is gone from "
+                         f"{src_ident[0]}.{settings.dimension_table}; rebuild with `join --full`")
     merged = upsert(old, new_rows, full_snapshot)
     changed = changed_keys(old, merged)
     buckets = bucket_count(source)
@@ -94,19 +104,20 @@ def _update_once(client, settings, new_rows: Dimension, source_arg, table_arg, f
     files = [t.file for t in source.scan().plan_files()] if src_snapshot else []
     hit = [f for f in files if in_affected(f, affected)]
     keep = [f for f in files if not in_affected(f, affected)]
-    bytes_total = sum(f.file_size_in_bytes for f in files)
-    lid = load_id(STAGE, qualified(dst_ident), [new_rows.source["fingerprint"], str(full_snapshot),
+    lid = load_id(STAGE, qualified(dst_ident), [new_rows.fingerprint, str(full_snapshot),
                                                   str(src_snapshot.snapshot_id if src_snapshot else None)])
-    load = Load(STAGE, qualified(dst_ident), lid)
+    load = Load(STAGE, qualified(dst_ident), lid, [new_rows.source] if new_rows.source else [])
+    partitions = sorted({_partition_of(f) for f in hit})
     plan = {
         "changed_keys": changed.num_rows,
         "changed": [r if len(r) > 1 else r["campaign_id"] for r in changed.slice(0, 100).to_pylist()],
-        "affected_partitions": len({_partition_of(f) for f in hit}),
+        "affected_partitions": len(partitions),
         "files_rewritten": len(hit), "bytes_rewritten": sum(f.file_size_in_bytes for f in hit),
-        "bytes_total": bytes_total,
+        "bytes_total": sum(f.file_size_in_bytes for f in files),
     }
     if dry_run:
-        plan_out = {**plan, "dry_run": True, "partitions": sorted({_partition_of(f) for f in hit}),
+        plan_out = {**plan, "dry_run": True,
+                    "partitions": [{"ad_date": to_date(d).isoformat(), "bucket": b} for d, b in partitions],
                     "files": [f.file_path for f in hit]}
         emit({"event": "update_plan", "load_id": lid, "table": qualified(dst_ident), **plan_out})
         return load.record("SUCCEEDED", rows_read=0, rows_written=0, rows_quarantined=0, quarantine={},
@@ -115,10 +126,10 @@ def _update_once(client, settings, new_rows: Dimension, source_arg, table_arg, f
     target_exists = catalog.table_exists(dst_ident)
     if target_exists and not in_place:
         current = load_table(catalog, dst_ident).current_snapshot()
-        if current is not None and props_of(current).get(PROP_LOAD) == lid:
+        if current is not None and (current.summary.additional_properties or {}).get(PROP_LOAD) == lid:
             say(f"{qualified(dst_ident)} already holds this update of this source snapshot: skipped")
             return load.finish("SKIPPED", rows_read=0, rows_written=0, rows_quarantined=0, quarantine={},
-                               files_written=0, bytes_written=0, committed=False, **plan)
+                               files_written=0, bytes_written=0, committed=False, changed_keys=changed.num_rows)
     if changed.num_rows == 0 and (in_place or target_exists):
         say("the dimension update changes nothing: nothing committed")
         return load.finish("SUCCEEDED", rows_read=0, rows_written=0, rows_quarantined=0, quarantine={},
@@ -126,8 +137,7 @@ def _update_once(client, settings, new_rows: Dimension, source_arg, table_arg, f
 
     load.status("RUNNING", **{k: plan[k] for k in ("changed_keys", "affected_partitions", "files_rewritten")})
     try:
-        record = _rewrite(client, catalog, settings, source, dst_ident, in_place, merged, changed, hit, keep,
-                          load, lid, dim_ident, base_id)
+        record = _rewrite(client, catalog, settings, source, dst_ident, in_place, merged, hit, keep, lid, base_id)
     except Replan:
         raise
     except Exception as e:
@@ -138,39 +148,39 @@ def _update_once(client, settings, new_rows: Dimension, source_arg, table_arg, f
     return load.finish("SUCCEEDED", **record, **plan)
 
 
-def _rewrite(client, catalog, settings, source, dst_ident, in_place, merged, changed, hit, keep, load, lid,
-             dim_ident, base_id) -> dict:
-    # The new dimension version first: the table records which version it was built from, so a failed
-    # commit below leaves the table pointing at the old version and a rerun diffs against it again.
-    dim_snapshot = store(catalog, dim_ident, merged, lid, "dimension") if changed.num_rows else base_id
+def _rewrite(client, catalog, settings, source, dst_ident, in_place, merged, hit, keep, lid, base_id) -> dict:
+    # The new version is stored once per content (a re-plan or rerun finds it); the table refers to it only
+    # from the commit below, so a failed commit leaves the table on the old version and a rerun diffs again.
+    dim_snapshot = store(catalog, dst_ident[0], settings, merged, lid, "dimension")
     if in_place:
         target = source
     else:
-        from ..table.schema import fact_spec
-
-        target = create_or_load(catalog, dst_ident, source.schema(), fact_spec(bucket_count(source)),
-                                table_properties(settings))
+        target = without_auto_retry(create_or_load(catalog, dst_ident, source.schema(), fact_spec(bucket_count(source)),
+                                                   table_properties(settings)))
         if bucket_count(target) != bucket_count(source):
             raise UsageError(f"{qualified(dst_ident)} has a different bucket count than {'.'.join(source.name())}")
     # the source's columns first (so copies and rewrites agree), then the dimension's new ones
-    target = evolve(_with_source_columns(target, source), merged)
+    target = evolve(add_fields(target, source), merged)
     if not in_place:
         _check_same_field_ids(source, target)
     results = run_file_tasks(client, WriteTarget.of(source), WriteTarget.of(target), [f.file_path for f in hit],
                              merged, "rewrite")
     records = [r["record"] for r in results if r["record"] is not None]
     copies = [] if in_place else _copy_files(source, target, keep)
-    stats_src = load_file_stats(source) if copies else {}
-    stats_files = [r.summary() for r in records] + [
-        {**stats_src[old.file_path], "path": new.file_path} for old, new in copies if old.file_path in stats_src]
-    stats_path = write_stats_file(target, lid, stats_files)
     hit_paths = {f.file_path for f in hit}
     hit_partitions = {_partition_of(f) for f in hit}
+    src_lineage = lineage(source.properties)
 
-    def plan_deletes(t):
+    def plan(t):
         current = [task.file for task in t.scan().plan_files()] if t.current_snapshot() else []
-        if not in_place:
-            return current  # the copy replaces the target's whole contents
+        props = {DIMENSION_SNAPSHOT: str(dim_snapshot), DIMENSION_FINGERPRINT: merged.fingerprint}
+        snap = {PROP_LOAD: lid, PROP_STAGE: STAGE, DIMENSION_SNAPSHOT: str(dim_snapshot),
+                PROP_SOURCES: json.dumps([merged.source] if merged.source else [])}
+        adds = [r.data_file for r in records] + [new for _, new in copies]
+        if not in_place:  # the copy replaces the target's whole contents, lineage included
+            gone = [property_key(fp) for fp in lineage(t.properties) if fp not in src_lineage]
+            return Change(adds=adds, deletes=current, set_properties={**entry_properties(src_lineage.values()),
+                          **props}, remove_properties=gone, snapshot_properties=snap)
         if dimension_snapshot_of(t) != base_id:
             # another update committed a newer dimension version: our diff was against an old one
             raise Replan("another update changed the table's dimension version")
@@ -180,30 +190,17 @@ def _rewrite(client, catalog, settings, source, dst_ident, in_place, merged, cha
         affected_now = {f.file_path for f in current if _partition_of(f) in hit_partitions}
         if affected_now - hit_paths:
             raise Replan("new files arrived in the affected partitions")
-        return [f for f in current if f.file_path in hit_paths]
+        return Change(adds=adds, deletes=[f for f in current if f.file_path in hit_paths], set_properties=props,
+                      snapshot_properties=snap)
 
-    adds = [r.data_file for r in records] + [new for _, new in copies]
-    props = {PROP_DIMENSION: str(dim_snapshot), PROP_STATS: stats_path,
-             "impressions.sources": json.dumps([merged.source] if merged.source else [])}
-    if not hit and not adds and in_place:
-        return {"rows_read": 0, "rows_written": 0, "files_written": 0, "bytes_written": 0, "committed": False}
-    commit_files(target, load, STAGE, adds, plan_deletes, props)
-    rows_read = sum(r["rows_read"] for r in results)
-    return {"rows_read": rows_read, "rows_written": sum(r.data_file.record_count for r in records),
+    commit(target, plan)
+    summary = stats.summary(stats.tree_reduce([r.moments for r in records]))
+    return {"rows_read": sum(r["rows_read"] for r in results),
+            "rows_written": sum(r.data_file.record_count for r in records),
             "rows_quarantined": 0, "quarantine": {}, "files_written": len(records),
             "bytes_written": sum(r.data_file.file_size_in_bytes for r in records),
-            "orphans": sum(r["orphans"] for r in results), "files_copied": len(copies), "committed": True}
-
-
-def _with_source_columns(target, source):
-    have = {f.name for f in target.schema().fields}
-    missing = [f for f in source.schema().fields if f.name not in have]
-    if missing:
-        with target.update_schema() as u:
-            for f in missing:
-                u.add_column(f.name, f.field_type)
-        target = target.refresh()
-    return target
+            "orphans": sum(r["orphans"] for r in results), "files_copied": len(copies), "committed": True,
+            "vp_mean": summary["vp_mean"], "vp_std": summary["vp_std"]}
 
 
 def _check_same_field_ids(source, target) -> None:
@@ -219,13 +216,11 @@ def _copy_files(source, target, files) -> list:
     """Copy unaffected data files into the target's location (server-side on S3); same partition and stats."""
     if not files:
         return []
-    from concurrent.futures import ThreadPoolExecutor
-
     fs, _ = filesystem(files[0].file_path)
     prefix = f"{target.metadata.location.rstrip('/')}/data/copied-{uuid.uuid4().hex[:12]}"
 
     def copy_one(df):
-        # Keep the partition directories: file names alone may repeat across partitions.
+        # Keep the partition directories and the file name (it names the source the rows came from).
         relative = df.file_path.split("/data/", 1)[1] if "/data/" in df.file_path else df.file_path.rsplit("/", 1)[1]
         new_path = f"{prefix}/{relative}"
         if not is_remote(new_path):

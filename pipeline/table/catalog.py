@@ -18,8 +18,11 @@ TABLE_PROPERTIES = {
     "write.parquet.compression-codec": "zstd",
     "write.parquet.compression-level": "1",  # fast; the files are already small per partition
     "write.parquet.row-group-limit": "1048576",
-    "commit.retry.num-retries": "0",  # we retry ourselves, re-planning against the new snapshot
+    "commit.retry.num-retries": "0",  # we retry ourselves, re-planning against the new snapshot (commit.py)
 }
+# `write.compression` values (impressions.yaml) → Iceberg's codec names
+COMPRESSION = {"zstd": "zstd", "snappy": "snappy", "gzip": "gzip", "lz4": "lz4", "brotli": "brotli",
+               "none": "uncompressed"}
 
 
 def table_name(name: str, namespace: str = "impressions") -> tuple[str, str]:
@@ -44,18 +47,21 @@ def catalog_properties(warehouse: str) -> dict:
     return props
 
 
-def open_catalog(warehouse: str, catalog: str | None) -> Catalog:
-    """SQL catalog (sqlite inside a local warehouse by default) or AWS Glue."""
+def open_catalog(warehouse: str, catalog: str | None, create: bool = True) -> Catalog:
+    """SQL catalog (sqlite inside a local warehouse by default) or AWS Glue.
+
+    `create=False` (read-only commands) never makes a warehouse directory or a catalog database: a missing one
+    is a usage error naming it. A warehouse that cannot be written, or a catalog URI that cannot be opened, is a
+    configuration error found here, before any cluster starts.
+    """
     props = catalog_properties(warehouse)
-    if catalog is None:
-        if is_remote(warehouse):
-            raise UsageError("an s3:// warehouse needs --catalog (a SQLAlchemy URI or 'glue')")
-        os.makedirs(warehouse, exist_ok=True)
-        catalog = f"sqlite:///{os.path.abspath(warehouse)}/catalog.db"
+    if catalog is None and is_remote(warehouse):
+        raise UsageError("an s3:// warehouse needs --catalog (a SQLAlchemy URI or 'glue')")
+    if not is_remote(warehouse):
+        _local_warehouse(warehouse, create)
         props["warehouse"] = "file://" + os.path.abspath(warehouse)
-    elif not is_remote(warehouse):
-        os.makedirs(warehouse, exist_ok=True)
-        props["warehouse"] = "file://" + os.path.abspath(warehouse)
+        if catalog is None:
+            catalog = f"sqlite:///{os.path.abspath(warehouse)}/catalog.db"
     if catalog == "glue":
         from pyiceberg.catalog.glue import GlueCatalog
 
@@ -65,9 +71,27 @@ def open_catalog(warehouse: str, catalog: str | None) -> Catalog:
         return GlueCatalog(CATALOG_NAME, **props)
     if "://" not in catalog:
         raise UsageError(f"--catalog must be a SQLAlchemy URI (sqlite:///..., postgresql://...) or 'glue', got {catalog!r}")
+    if catalog.startswith("sqlite:///") and not create and not os.path.exists(catalog[len("sqlite:///"):]):
+        raise UsageError(f"no catalog at {catalog[len('sqlite:///'):]} (warehouse {warehouse})")
     from pyiceberg.catalog.sql import SqlCatalog
 
-    return SqlCatalog(CATALOG_NAME, uri=catalog, **props)
+    try:
+        return SqlCatalog(CATALOG_NAME, uri=catalog, **props)
+    except Exception as e:  # noqa: BLE001 - SQLAlchemy's errors vary by driver; each is a bad --catalog
+        raise UsageError(f"cannot open the catalog {catalog}: {type(e).__name__}: {str(e).splitlines()[0]}") from None
+
+
+def _local_warehouse(warehouse: str, create: bool) -> None:
+    path = os.path.abspath(warehouse)
+    if not os.path.isdir(path):
+        if not create:
+            raise UsageError(f"no warehouse at {path}")
+        try:
+            os.makedirs(path, exist_ok=True)
+        except OSError as e:
+            raise UsageError(f"cannot create the warehouse {path}: {e.strerror}") from None
+    if create and not os.access(path, os.W_OK | os.X_OK):
+        raise UsageError(f"the warehouse {path} is not writable")
 
 
 def ensure_namespace(catalog: Catalog, namespace: str) -> None:
@@ -81,13 +105,17 @@ def load_table(catalog: Catalog, ident: tuple[str, str]) -> Table:
     try:
         return catalog.load_table(ident)
     except NoSuchTableError:
-        raise UsageError(f"table {qualified(ident)} does not exist") from None
+        where = catalog.properties.get("warehouse", "")
+        raise UsageError(f"table {qualified(ident)} does not exist (warehouse {where.removeprefix('file://')})") from None
 
 
 def table_properties(settings) -> dict:
     """Properties of a new table: ours, plus the Parquet options from `impressions.write.*`."""
-    return {**TABLE_PROPERTIES, "write.parquet.compression-codec": settings.compression,
-            "write.parquet.row-group-limit": str(settings.row_group_rows)}
+    props = {**TABLE_PROPERTIES, "write.parquet.compression-codec": COMPRESSION[settings.compression],
+             "write.parquet.row-group-limit": str(settings.row_group_rows)}
+    if settings.compression not in ("zstd", "gzip", "brotli"):
+        props.pop("write.parquet.compression-level")
+    return props
 
 
 def create_or_load(catalog: Catalog, ident: tuple[str, str], schema: Schema, spec: PartitionSpec,

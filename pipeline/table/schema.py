@@ -57,3 +57,26 @@ def iceberg_schema(rows: pa.Table) -> Schema:
     """The Iceberg schema of an Arrow table, field ids numbered from 1 in column order."""
     mapping = NameMapping([MappedField(field_id=i + 1, names=[n]) for i, n in enumerate(rows.column_names)])
     return pyarrow_to_schema(rows.schema, name_mapping=mapping)
+
+
+def add_columns(table: Table, rows: pa.Table) -> Table:
+    """Add the columns of `rows` the table lacks (Iceberg schema evolution: no data is rewritten)."""
+    have = {f.name for f in table.schema().fields}
+    missing = [c for c in rows.column_names if c not in have]
+    if not missing:
+        return table
+    with table.update_schema() as u:
+        u.union_by_name(iceberg_schema(rows.select(missing)))
+    return table.refresh()
+
+
+def add_fields(table: Table, like: Table) -> Table:
+    """Add the fields of `like` that `table` lacks, with their types (in `like`'s order)."""
+    have = {f.name for f in table.schema().fields}
+    missing = [f for f in like.schema().fields if f.name not in have]
+    if not missing:
+        return table
+    with table.update_schema() as u:
+        for f in missing:
+            u.add_column(f.name, f.field_type)
+    return table.refresh()

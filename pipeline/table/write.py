@@ -6,6 +6,7 @@ Workers write data files with `write_data_files`; the driver commits them in one
 from __future__ import annotations
 
 import copy
+import json
 import uuid
 from dataclasses import dataclass
 from datetime import date
@@ -23,19 +24,16 @@ from pyiceberg.table.metadata import TableMetadata
 from pyiceberg.typedef import Record
 
 from ..report import stats
+from .lineage import FOOTER_MOMENTS, FOOTER_SOURCE, file_name
 
 
 @dataclass
 class WrittenFile:
-    """A written data file and what `stats` needs about it."""
+    """A written data file, the source its rows came from, and their viewing_percentage moments."""
 
-    data_file: object  # pyiceberg DataFile
-    source: str
+    data_file: DataFile
+    source: str  # the source fingerprint (also in the file's name)
     moments: stats.Moments
-
-    def summary(self) -> dict:
-        return {"path": self.data_file.file_path, "source": self.source, "rows": self.data_file.record_count,
-                "bytes": self.data_file.file_size_in_bytes, **self.moments.to_dict()}
 
 
 @dataclass(frozen=True)
@@ -65,12 +63,14 @@ def partition_key(target: WriteTarget, values: tuple) -> PartitionKey | None:
     )
 
 
-def write_data_files(target: WriteTarget, groups: list[tuple[tuple, pa.Table]]) -> list:
-    """Write one Parquet data file per (partition values, rows) group, in parallel threads; returns DataFiles.
+def write_data_files(target: WriteTarget, groups: list[tuple[tuple, str, pa.Table]]) -> list[WrittenFile]:
+    """Write one Parquet data file per (partition values, source fingerprint, rows) group, in parallel threads.
 
     What pyiceberg's own writer does (field ids, Iceberg column statistics, the table's location provider and
     Parquet properties), minus its per-row re-derivation of the partition, and with dictionary encoding only
-    for string and date columns: dictionaries of unique ids and floats cost time and save nothing.
+    for string and date columns: dictionaries of unique ids and floats cost time and save nothing. The file's
+    name carries the source fingerprint and its footer the rows' moments (lineage.py), so both survive any
+    maintenance that keeps the file.
     """
     from concurrent.futures import ThreadPoolExecutor
 
@@ -79,7 +79,7 @@ def write_data_files(target: WriteTarget, groups: list[tuple[tuple, pa.Table]]) 
     metadata = target.metadata
     schema = metadata.schema()
     arrow_schema = _plain_types(schema_to_pyarrow(schema, include_field_ids=True))
-    options = _get_parquet_writer_kwargs(metadata.properties)
+    options = parquet_options(metadata.properties)
     options["use_dictionary"] = [f.name for f in arrow_schema
                                  if pa.types.is_string(f.type) or pa.types.is_date(f.type)]
     row_group = int(metadata.properties.get("write.parquet.row-group-limit", 1048576))
@@ -87,33 +87,49 @@ def write_data_files(target: WriteTarget, groups: list[tuple[tuple, pa.Table]]) 
     plan = compute_statistics_plan(schema, metadata.properties)
     mapping = parquet_path_to_id_mapping(schema)
     io = target.io()
-    write_uuid = uuid.uuid4()
+    write_id = uuid.uuid4().hex[:16]
 
-    def write_one(item) -> DataFile:
-        i, (values, rows) = item
+    def write_one(item) -> WrittenFile:
+        i, (values, source, rows) = item
         key = partition_key(target, values)
-        path = locations.new_data_location(data_file_name=f"{i:05d}-0-{write_uuid}.parquet", partition_key=key)
+        path = locations.new_data_location(data_file_name=file_name(source, write_id, i), partition_key=key)
         table = _conform(rows, arrow_schema)
+        moments = stats.chunk(table["viewing_percentage"]) if "viewing_percentage" in table.column_names \
+            else stats.Moments.empty()
         out = io.new_output(path)
         with out.create(overwrite=True) as stream:
             # store_schema=False: no Arrow schema in the file, so dictionary-encoded string columns (written
             # as they are, without decoding and re-encoding) read back as plain strings in every engine
             writer = pq.ParquetWriter(stream, schema=table.schema, store_schema=False, **options)
             writer.write_table(table, row_group_size=row_group)
+            writer.add_key_value_metadata({FOOTER_MOMENTS: json.dumps(moments.to_dict()), FOOTER_SOURCE: source})
             writer.close()
         statistics = data_file_statistics_from_parquet_metadata(
             parquet_metadata=writer.writer.metadata, stats_columns=plan, parquet_column_mapping=mapping)
-        return DataFile.from_args(
+        data_file = DataFile.from_args(
             content=DataFileContent.DATA, file_path=path, file_format=FileFormat.PARQUET,
             partition=key.partition if key else Record(), file_size_in_bytes=len(out), sort_order_id=None,
             spec_id=metadata.default_spec_id, equality_ids=None, key_metadata=None,
             **statistics.to_serialized_dict(),
         )
+        return WrittenFile(data_file, source, moments)
 
     if len(groups) == 1:
         return [write_one((0, groups[0]))]
     with ThreadPoolExecutor(min(8, len(groups))) as pool:
         return list(pool.map(write_one, enumerate(groups)))
+
+
+LEVELLED = {"zstd", "gzip", "brotli"}
+
+
+def parquet_options(properties: dict) -> dict:
+    """pyarrow ParquetWriter options from the table's properties (pyiceberg's, with the level only where the
+    codec has one: pyarrow refuses a level for snappy, lz4 and no compression)."""
+    options = _get_parquet_writer_kwargs(properties)
+    if options["compression"] not in LEVELLED or "write.parquet.compression-level" not in properties:
+        options.pop("compression_level", None)
+    return options
 
 
 def _plain_types(schema: pa.Schema) -> pa.Schema:
