@@ -28,3 +28,16 @@ bench: install
 
 clean:
 	rm -rf $(VENV) warehouse demo-data .pytest_cache
+
+# ---- the image and the AWS deployment (docker/, batch/, docs/aws.md)
+# The image, with docker or (no Docker engine) podman: TARGET=impressions|node|partition|join|update.
+TARGET ?= impressions
+TAG    ?= impressions:$(TARGET)
+.PHONY: image deploy
+image:
+	docker/build.sh --target $(TARGET) --tag $(TAG)
+
+# The stack, the image in ECR and the job files in S3; prints the `impressions submit` line to run:
+#   make deploy STACK=impressions VPC=vpc-... SUBNETS=subnet-a,subnet-b [NODES=3]
+deploy: install
+	batch/deploy.sh --stack "$(STACK)" --vpc "$(VPC)" --subnets "$(SUBNETS)" $(if $(NODES),--nodes $(NODES))

@@ -119,12 +119,12 @@ def main(args) -> int:
     definition = batch.job_definition(args.job_definition)
     if definition is None:
         raise UsageError(f"job definition {args.job_definition} not found (or not ACTIVE)")
-    if not definition.get("nodeProperties"):
-        say(f"impressions submit: DescribeJobDefinitions returned no nodeProperties for "
-            f"{args.job_definition}; the node rules were not checked")
     problems = node_rule_problems(definition, args.nodes)
     if problems:
         raise UsageError("; ".join(problems))
+    if not definition.get("nodeProperties"):
+        say(f"impressions submit: DescribeJobDefinitions returned no nodeProperties for "
+            f"{args.job_definition}; the node rules were not checked")
     submitted = batch.submit(request)
     job_id = submitted["jobId"]
     emit({"event": "job_submitted", "job_id": job_id, "job_name": submitted.get("jobName"),
