@@ -80,3 +80,4 @@ def write_gz(path, text: bytes | str, members: int = 1) -> str:
         for i in range(members):
             f.write(gzip.compress(data[i * step:(i + 1) * step]))
     return str(path)
+from faultproxy import fault_proxy, fault_proxy_server  # noqa: F401,E402  (the fault-injecting S3 proxy)
