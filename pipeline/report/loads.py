@@ -10,6 +10,7 @@ import hashlib
 import json
 import sys
 import time
+import uuid
 from dataclasses import dataclass, field
 
 EMF_NAMESPACE = "Impressions"
@@ -42,6 +43,10 @@ class Load:
     sources: list = field(default_factory=list)
     started: float = field(default_factory=time.monotonic)
     fields: dict = field(default_factory=dict)
+    run_id: str = ""  # this run of the load: two runs of one load id on one cluster never share state
+
+    def __post_init__(self):
+        self.run_id = self.run_id or f"{self.load_id}.{uuid.uuid4().hex[:8]}"
 
     def record(self, status: str, **extra) -> dict:
         rec = {"event": "load_status", "load_id": self.load_id, "stage": self.stage, "table": self.table,

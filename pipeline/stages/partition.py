@@ -52,9 +52,11 @@ class RangeResult:
     uncompressed: int = 0
 
 
-def read_range(source: Source, r: ByteRange, load: str, target: WriteTarget, qtarget: WriteTarget,
+def read_range(source: Source, r: ByteRange, load: str, run: str, target: WriteTarget, qtarget: WriteTarget,
                settings: Settings) -> RangeResult:
-    """Read, parse and hand over one range; returns only counts."""
+    """Read, parse and hand over one range to this worker's accumulator of the run; returns only counts.
+
+    `run` tells apart two runs of the same load (same load id) on one cluster, so they never mix rows."""
     rs = settings.read
     result = RangeResult(r.key)
     parts, q_off, q_reason, q_line = [], [], [], []
@@ -80,7 +82,7 @@ def read_range(source: Source, r: ByteRange, load: str, target: WriteTarget, qta
     for reason in q_reason:
         result.quarantine[reason] = result.quarantine.get(reason, 0) + 1
     quarantine = quarantine_table(load, source.url, q_off, q_reason, q_line) if q_off else None
-    acc = accumulator_for(load, lambda: Accumulator(load, target, qtarget, bucket_count(target.metadata)))
+    acc = accumulator_for(run, lambda: Accumulator(load, target, qtarget, bucket_count(target.metadata)))
     acc.add_range(r.key, source.fingerprint, parts, quarantine)
     keep_within(settings.memory_budget)
     return result
@@ -178,7 +180,7 @@ def partition(client: Client, settings: Settings, source_urls: list[str], table_
             raise
         raise LoadError(f"{type(e).__name__}: {e}") from e
     finally:
-        client.run(drop_load, lid)  # whatever a failed or recomputed task left on a worker
+        client.run(drop_load, load.run_id)  # whatever a failed or recomputed task left on a worker
     if plan.skipped:
         record["skipped_sources"] = [s.url for s, _ in plan.skipped]
     return record
@@ -188,7 +190,7 @@ def _run(client, settings, table, qtable, plan: Plan, load: Load) -> dict:
     sources = plan.todo
     # table metadata grows with the table's history: send it to each worker once, not with every task
     target, qtarget = client.scatter([WriteTarget.of(table), WriteTarget.of(qtable)], broadcast=True, hash=False)
-    lid = load.load_id
+    lid = load.run_id
     ranges, pending = start_sources(client, sources, settings)
     futures = _submit(client, sources, ranges, lid, target, qtarget, settings)
     for i, index in pending.items():
@@ -267,9 +269,10 @@ def _hand_over(client: Client, lid: str) -> list[dict]:
     return out
 
 
-def _submit(client, sources, ranges, lid, target, qtarget, settings) -> list:
-    return [client.submit(read_range, sources[r.source_index], r, lid, target, qtarget, settings,
-                          key=f"read-{lid}-{r.key}-{uuid.uuid4().hex[:6]}", retries=READ_RETRIES)
+def _submit(client, sources, ranges, run, target, qtarget, settings) -> list:
+    load = run.rsplit(".", 1)[0]
+    return [client.submit(read_range, sources[r.source_index], r, load, run, target, qtarget, settings,
+                          key=f"read-{run}-{r.key}-{uuid.uuid4().hex[:6]}", retries=READ_RETRIES)
             for r in ranges]
 
 

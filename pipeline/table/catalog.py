@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import time
 
 from pyiceberg.catalog import Catalog
 from pyiceberg.exceptions import NamespaceAlreadyExistsError, NoSuchTableError, TableAlreadyExistsError
@@ -75,10 +76,13 @@ def open_catalog(warehouse: str, catalog: str | None, create: bool = True) -> Ca
         raise UsageError(f"no catalog at {catalog[len('sqlite:///'):]} (warehouse {warehouse})")
     from pyiceberg.catalog.sql import SqlCatalog
 
-    try:
-        return SqlCatalog(CATALOG_NAME, uri=catalog, **props)
-    except Exception as e:  # noqa: BLE001 - SQLAlchemy's errors vary by driver; each is a bad --catalog
-        raise UsageError(f"cannot open the catalog {catalog}: {type(e).__name__}: {str(e).splitlines()[0]}") from None
+    for attempt in range(5):
+        try:
+            return SqlCatalog(CATALOG_NAME, uri=catalog, **props)
+        except Exception as e:  # noqa: BLE001 - SQLAlchemy's errors vary by driver; each is a bad --catalog
+            error = e  # a concurrent first use may lock sqlite or race its CREATE TABLE: try again briefly
+            time.sleep(0.2 * (attempt + 1))
+    raise UsageError(f"cannot open the catalog {catalog}: {type(error).__name__}: {str(error).splitlines()[0]}")
 
 
 def _local_warehouse(warehouse: str, create: bool) -> None:
@@ -99,6 +103,9 @@ def ensure_namespace(catalog: Catalog, namespace: str) -> None:
         catalog.create_namespace(namespace)
     except NamespaceAlreadyExistsError:
         pass
+    except Exception:  # noqa: BLE001 - a concurrent create surfaces as the driver's own error (sqlite: UNIQUE)
+        if (namespace,) not in catalog.list_namespaces():
+            raise
 
 
 def load_table(catalog: Catalog, ident: tuple[str, str]) -> Table:

@@ -1,0 +1,236 @@
+"""Data guarantees that must hold in every case (docs/interface.md, "Tables" and "Lineage and statistics live
+with the table"): a committed source is never appended twice — not after another tool's maintenance, not when
+the file is touched or copied —, --replace replaces, every documented compression writes a table others read,
+one snapshot per table per command, bounded memory whatever the number of sources.
+
+Judged from outside where it matters: pyiceberg's own expiry, an independent orphan sweep and DuckDB
+(tests/outside.py).
+"""
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import threading
+
+import dask.config
+import pyarrow as pa
+import pytest
+
+from conftest import write_gz
+from outside import delete_unreachable_files, duckdb_rows, duckdb_stats, expire_all_but_current
+from pipeline.config import load_settings
+from pipeline.errors import UsageError
+from pipeline.stages.join import join
+from pipeline.stages.partition import partition
+from pipeline.stages.table_stats import table_stats
+from pipeline.stages.update import update
+from pipeline.table.catalog import load_table, open_catalog, table_name
+
+
+def lines(n: int, seed: int, first_id: int = 1, bad_every: int = 0) -> bytes:
+    rng = random.Random(seed)
+    out = []
+    for i in range(n):
+        if bad_every and i % bad_every == bad_every - 1:
+            out.append(b"01/01/2019,not-a-number,campaign_01,video_0,0.5")
+            continue
+        out.append(f"{rng.choice(['01/01/2019', '01/02/2019', '01/03/2019'])},{first_id + i},"
+                   f"campaign_{rng.randint(0, 20):02d},video_{rng.randint(0, 5)},{rng.randint(0, 10000) / 10000}"
+                   .encode())
+    return b"\n".join(out) + b"\n"
+
+
+def table(settings, name):
+    return load_table(open_catalog(settings.warehouse, settings.catalog), table_name(name))
+
+
+def rows_of(settings, name) -> int:
+    return table(settings, name).scan().to_arrow().num_rows
+
+
+def agrees_with_duckdb(client, settings, name):
+    ours = table_stats(client, settings, name)
+    theirs = duckdb_stats(table(settings, name).metadata_location)
+    assert ours["rows"] == theirs["rows"]
+    if ours["rows"]:
+        assert ours["vp_mean"] == pytest.approx(theirs["vp_mean"], rel=1e-12)
+        assert ours["vp_std"] == pytest.approx(theirs["vp_std"], rel=1e-12)
+    return ours
+
+
+def test_maintenance_by_another_tool_never_makes_a_loaded_source_look_new(client, settings, tmp_path):
+    a = write_gz(tmp_path / "a.csv.gz", lines(30_000, 1, bad_every=997))
+    b = write_gz(tmp_path / "b.csv.gz", lines(20_000, 2, first_id=100_000))
+    partition(client, settings, [a], "FACT")
+    partition(client, settings, [b], "FACT")
+    join(client, settings, _dimension(tmp_path), "FACT", "JOINED")
+    for name in ("FACT", "JOINED"):
+        t = table(settings, name)
+        assert expire_all_but_current(t) >= 1 or name == "JOINED"
+        deleted = delete_unreachable_files(t)
+        assert name == "JOINED" or deleted, "the sweep should have had old metadata to delete"
+
+    assert partition(client, settings, [a], "FACT")["status"] == "SKIPPED"
+    assert partition(client, settings, [a, b], "FACT")["status"] == "SKIPPED"
+    assert join(client, settings, _dimension(tmp_path), "FACT", "JOINED")["status"] == "SKIPPED"
+    assert rows_of(settings, "FACT") == 30_000 - 30 + 20_000
+    s = agrees_with_duckdb(client, settings, "FACT")
+    assert s["rows"] == 30_000 - 30 + 20_000
+    agrees_with_duckdb(client, settings, "JOINED")
+
+    # --replace still finds the source's rows after the sweep
+    a2 = write_gz(tmp_path / "a.csv.gz", lines(5_000, 9, first_id=900_000))
+    rec = partition(client, settings, [a2], "FACT", replace=True)
+    assert rec["status"] == "SUCCEEDED" and rec["replaced_sources"] == [os.path.abspath(a)]
+    assert rows_of(settings, "FACT") == 5_000 + 20_000
+    agrees_with_duckdb(client, settings, "FACT")
+    ids = [r[0] for r in duckdb_rows(table(settings, "FACT").metadata_location, "impression_id")]
+    assert len(ids) == len(set(ids)) == 25_000 and min(ids) == 100_000
+    # the incremental join notices the replaced load
+    rec = join(client, settings, _dimension(tmp_path), "FACT", "JOINED")
+    assert rec["status"] == "SUCCEEDED" and not rec["full"]
+    assert rows_of(settings, "JOINED") == 25_000
+    agrees_with_duckdb(client, settings, "JOINED")
+
+
+def test_a_touched_or_copied_file_is_the_same_source_and_new_bytes_at_an_old_path_are_refused(client, settings,
+                                                                                           tmp_path):
+    a = write_gz(tmp_path / "a.csv.gz", lines(10_000, 3))
+    assert partition(client, settings, [a], "FACT")["status"] == "SUCCEEDED"
+    os.utime(a, (1, 1))  # touched
+    assert partition(client, settings, [a], "FACT")["status"] == "SKIPPED"
+    copy = str(tmp_path / "downloaded-again.csv.gz")
+    shutil.copy(a, copy)  # re-downloaded under another name
+    assert partition(client, settings, [copy], "FACT")["status"] == "SKIPPED"
+    assert rows_of(settings, "FACT") == 10_000
+
+    write_gz(tmp_path / "a.csv.gz", lines(4_000, 4, first_id=50_000))  # other bytes at the same path
+    with pytest.raises(UsageError, match="--replace.*--append"):
+        partition(client, settings, [a], "FACT")
+    assert rows_of(settings, "FACT") == 10_000
+    assert partition(client, settings, [a], "FACT", append=True)["status"] == "SUCCEEDED"
+    assert rows_of(settings, "FACT") == 14_000
+
+
+@pytest.mark.parametrize("codec", ["zstd", "snappy", "gzip", "lz4", "brotli", "none"])
+def test_every_documented_compression_writes_a_table_others_read_back(client, tmp_path, codec):
+    with dask.config.set({"impressions.write.compression": codec, "impressions.buckets": 4,
+                          "impressions.read.small-file": "16 KiB", "impressions.read.range-size": "256 KiB",
+                          "impressions.read.block-size": "64 KiB"}):
+        settings = load_settings(warehouse=str(tmp_path / "wh"))
+    data = lines(8_000, 5)
+    partition(client, settings, [write_gz(tmp_path / "in.csv.gz", data)], "FACT")
+    t = table(settings, "FACT")
+    want = sorted((int(x.split(b",")[1]), float(x.split(b",")[4])) for x in data.splitlines())
+    assert duckdb_rows(t.metadata_location, "impression_id, viewing_percentage") == want
+    import pyarrow.parquet as pq
+
+    files = [task.file.file_path for task in t.scan().plan_files()]
+    meta = pq.ParquetFile(files[0].removeprefix("file://")).metadata
+    assert meta.row_group(0).column(0).compression.lower() == {"none": "uncompressed"}.get(codec, codec)
+
+
+def test_one_snapshot_per_table_per_command_and_a_new_dimension_version_is_kept(client, settings, tmp_path):
+    src = write_gz(tmp_path / "f.csv.gz", lines(6_000, 6, bad_every=500))
+    dim = _dimension(tmp_path)
+    snaps = lambda name: len(table(settings, name).metadata.snapshots)  # noqa: E731
+    partition(client, settings, [src], "FACT", buckets=64)
+    assert snaps("FACT") == 1 and snaps("quarantine") == 1
+    join(client, settings, dim, "FACT", "JOINED")
+    assert snaps("JOINED") == 1 and snaps("campaigns") == 1
+    join(client, settings, dim, "FACT", "JOINED2")  # the same dimension content: stored once
+    assert snaps("campaigns") == 1
+
+    # a change to a campaign that has no rows yet: one snapshot that records the new version
+    from pipeline.table.bucket import bucket_of
+
+    used = {bucket_of(f"campaign_{i:02d}", 64) for i in range(21)}
+    new_id = next(c for c in (f"campaign_new_{k}" for k in range(1000)) if bucket_of(c, 64) not in used)
+    unseen = tmp_path / "unseen.csv"
+    unseen.write_text(f"campaign_id,campaign_name\n{new_id},Not yet in the facts\n")
+    rec = update(client, settings, str(unseen), "JOINED", "JOINED")
+    assert rec["status"] == "SUCCEEDED" and rec["files_rewritten"] == 0 and snaps("JOINED") == 2
+    # a later update diffs against that version, so the first change is not lost
+    later = tmp_path / "later.csv"
+    later.write_text("campaign_id,campaign_name\ncampaign_01,Renamed\n")
+    update(client, settings, str(later), "JOINED", "JOINED")
+    from pipeline.stages.dimension import load_version
+    from pipeline.stages.update import dimension_snapshot_of
+
+    version = load_version(open_catalog(settings.warehouse, settings.catalog), "impressions", settings,
+                           dimension_snapshot_of(table(settings, "JOINED")))
+    names = dict(zip(version.rows["campaign_id"].to_pylist(), version.rows["campaign_name"].to_pylist()))
+    assert names[new_id] == "Not yet in the facts" and names["campaign_01"] == "Renamed"
+
+
+def test_replace_drops_the_replaced_sources_quarantine_rows(client, settings, tmp_path):
+    a = write_gz(tmp_path / "a.csv.gz", lines(5_000, 7, bad_every=100))
+    partition(client, settings, [a], "FACT")
+    q = table(settings, "quarantine").scan().to_arrow()
+    assert q.num_rows == 50
+    write_gz(tmp_path / "a.csv.gz", lines(5_000, 8, bad_every=1000))
+    partition(client, settings, [a], "FACT", replace=True)
+    q = table(settings, "quarantine").scan().to_arrow()
+    assert q.num_rows == 5 and len(set(q["load_id"].to_pylist())) == 1
+
+
+def test_two_loads_at_once_of_different_sources_both_land_and_of_one_source_only_one(client, settings, tmp_path):
+    a = write_gz(tmp_path / "a.csv.gz", lines(8_000, 10))
+    b = write_gz(tmp_path / "b.csv.gz", lines(8_000, 11, first_id=100_000))
+    results = {}
+
+    def load(name, path):
+        try:
+            results[name] = partition(client, settings, [path], "FACT")
+        except Exception as e:  # noqa: BLE001 - shown by the assertion below
+            results[name] = {"status": "raised", "error": repr(e)}
+
+    threads = [threading.Thread(target=load, args=(n, p)) for n, p in (("a", a), ("b", b), ("a-again", a))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(240)
+    statuses = sorted(r["status"] for r in results.values())
+    assert statuses == ["SKIPPED", "SUCCEEDED", "SUCCEEDED"], results
+    assert rows_of(settings, "FACT") == 16_000
+    agrees_with_duckdb(client, settings, "FACT")
+
+
+def test_the_memory_budget_holds_across_many_sources_on_one_worker(tmp_path):
+    """Outside a Dask worker the accumulators live in this process: after every range, what is buffered stays
+    within the budget plus the one range just added, however many sources the load has."""
+    from pipeline.read.sources import describe
+    from pipeline.stages import accumulate
+    from pipeline.stages.partition import read_range
+    from pipeline.read.ranges import ByteRange
+    from pipeline.table.catalog import create_or_load, table_properties
+    from pipeline.table.schema import QUARANTINE_ICEBERG, QUARANTINE_SPEC, fact_schema, fact_spec
+    from pipeline.table.write import WriteTarget
+
+    with dask.config.set({"impressions.write.memory-budget": "256 KiB"}):
+        settings = load_settings(warehouse=str(tmp_path / "wh"))
+    cat = open_catalog(settings.warehouse, None)
+    t = create_or_load(cat, ("impressions", "fact"), fact_schema(), fact_spec(8), table_properties(settings))
+    q = create_or_load(cat, ("impressions", "quarantine"), QUARANTINE_ICEBERG, QUARANTINE_SPEC,
+                       table_properties(settings))
+    target, qtarget = WriteTarget.of(t), WriteTarget.of(q)
+    peak, written = 0, 0
+    for i in range(12):
+        s = describe(write_gz(tmp_path / f"s{i}.csv.gz", lines(3_000, 20 + i, first_id=i * 10_000)))
+        res = read_range(s, ByteRange(i, 0, 0, None, "stream"), "load-x", "load-x.run", target, qtarget, settings)
+        written += res.written
+        peak = max(peak, accumulate.buffered_bytes())
+    assert peak <= 256 * 1024 + 3_000 * 64, peak  # the budget, plus one range's Arrow rows
+    out = accumulate.finish_load("load-x.run")
+    assert sum(f.data_file.record_count for f in out["files"]) == written == 36_000
+    assert {f.source for f in out["files"]} == {describe(str(tmp_path / f"s{i}.csv.gz")).fingerprint
+                                                 for i in range(12)}
+
+
+def _dimension(tmp_path) -> str:
+    path = tmp_path / "campaigns.csv"
+    if not path.exists():
+        path.write_text("campaign_id,campaign_name,channel\n" +
+                        "".join(f"campaign_{i:02d},Campaign {i},{['video', 'search'][i % 2]}\n" for i in range(21)))
+    return str(path)
