@@ -65,6 +65,18 @@ class Batch:
         with aws_errors("SubmitJob"):
             return self.client.submit_job(**request)
 
+    def instance_id(self, container_instance_arn: str) -> str | None:
+        """The EC2 instance of an ECS container instance (for the SSM tunnel to the dashboard), if allowed."""
+        parts = container_instance_arn.split(":", 5)[-1].split("/")
+        if len(parts) != 3:
+            return None
+        try:
+            found = _client("ecs").describe_container_instances(cluster=parts[1],
+                                                                containerInstances=[container_instance_arn])
+            return found["containerInstances"][0]["ec2InstanceId"]
+        except Exception:  # noqa: BLE001 - only a hint: without ecs:DescribeContainerInstances the IP is enough
+            return None
+
     def jobs(self, job_ids: list[str]) -> list[dict]:
         out = []
         with aws_errors("DescribeJobs"):

@@ -91,6 +91,14 @@ class SchedulerThread:
         self._thread.join(START_TIMEOUT)
 
 
+class Stopped(BaseException):
+    """SIGTERM on the main node outside the JOB (which gets the signal itself while it runs)."""
+
+
+def _stop(_signum, _frame):
+    raise Stopped
+
+
 class MainNode:
     """Scheduler + JOB. The exit status is the JOB's; the cluster is shut down whatever happens."""
 
@@ -100,25 +108,36 @@ class MainNode:
     def run(self) -> int:
         quiet_dask()
         s = self.settings
-        scheduler = SchedulerThread(s.host, s.scheduler_port, s.dashboard_port).start()
-        say(f"impressions {self.node.label}: scheduler at port {s.scheduler_port}, dashboard at port "
-            f"{s.dashboard_port}; waiting up to {s.wait_timeout:.0f}s for {self.node.workers_expected} workers")
+        previous = signal.signal(signal.SIGTERM, _stop)  # Batch stops a job with SIGTERM: shut down cleanly
         try:
-            with Client(scheduler.address, timeout=START_TIMEOUT) as client:
-                try:
-                    arrived = self.wait_for_workers(client)
-                    if arrived < self.node.workers_expected:
-                        say(f"impressions node: only {arrived} of {self.node.workers_expected} workers arrived "
-                            f"within node.wait-timeout ({s.wait_timeout:.0f}s); the job is not run")
-                        return 1
-                    code = self.job.run(scheduler.address, s.job_timeout)
-                    say(f"impressions node: the JOB exited with status {code}")
-                    return code
-                finally:
-                    with contextlib.suppress(Exception):
-                        client.shutdown()
+            scheduler = SchedulerThread(s.host, s.scheduler_port, s.dashboard_port).start()
+            say(f"impressions {self.node.label}: scheduler at port {s.scheduler_port}, dashboard at port "
+                f"{s.dashboard_port}; waiting up to {s.wait_timeout:.0f}s for {self.node.workers_expected} workers")
+            try:
+                with Client(scheduler.address, timeout=START_TIMEOUT) as client:
+                    try:
+                        return self._run(client, scheduler)
+                    finally:
+                        with contextlib.suppress(Exception):
+                            client.shutdown()
+            finally:
+                scheduler.stop()
+        except Stopped:
+            say("impressions node: stopped (SIGTERM) before the JOB ran; the cluster is shut down")
+            return 128 + signal.SIGTERM
         finally:
-            scheduler.stop()
+            signal.signal(signal.SIGTERM, previous)
+
+    def _run(self, client: Client, scheduler: SchedulerThread) -> int:
+        s = self.settings
+        arrived = self.wait_for_workers(client)
+        if arrived < self.node.workers_expected:
+            say(f"impressions node: only {arrived} of {self.node.workers_expected} workers arrived "
+                f"within node.wait-timeout ({s.wait_timeout:.0f}s); the job is not run")
+            return 1
+        code = self.job.run(scheduler.address, s.job_timeout)  # passes SIGTERM on to the JOB meanwhile
+        say(f"impressions node: the JOB exited with status {code}")
+        return code
 
     def wait_for_workers(self, client: Client) -> int:
         """Nodes that arrive are counted as they come (a progress line each); returns how many came in time."""

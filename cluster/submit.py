@@ -157,7 +157,7 @@ def follow(batch, job_id: str, settings: NodeSettings, sleep=time.sleep, clock=t
         _say_change(said, "job", (job["status"], job.get("statusReason")),
                     f"job {job_id}: {job['status']}" + (f" ({job['statusReason']})" if job.get("statusReason") else ""))
         if job["status"] in ("STARTING", "RUNNING", *FINAL):
-            _say_nodes(batch, job, said)
+            _say_nodes(batch, job, said, settings.dashboard_port)
         if job["status"] in FINAL:
             return job
         if clock() >= deadline:
@@ -172,17 +172,35 @@ def _say_change(said: dict, key: str, state: tuple, text: str) -> None:
         say(f"impressions submit: {text}")
 
 
-def _say_nodes(batch, job: dict, said: dict) -> None:
-    """Each node of a multi-node job is the job `ID#INDEX`; its container names its log stream."""
+def tunnel_command(instance_id: str, host: str, port: int) -> str:
+    """The Session Manager port forwarding that shows the main node's dashboard on localhost (no open port)."""
+    return (f"aws ssm start-session --target {instance_id} --document-name AWS-StartPortForwardingSessionToRemoteHost"
+            f" --parameters host={host},portNumber={port},localPortNumber={port}")
+
+
+def _say_nodes(batch, job: dict, said: dict, dashboard_port: int = 8787) -> None:
+    """Each node of a multi-node job is the job `ID#INDEX`; its container names its log stream. Once the main
+    node runs, how to reach its dashboard."""
     count = (job.get("nodeProperties") or {}).get("numNodes") or 0
     if not count:
         return
     group = _log_group(job)
     for node in batch.jobs([f"{job['jobId']}#{i}" for i in range(count)]):
-        index = node.get("nodeDetails", {}).get("nodeIndex", node["jobId"].rsplit("#", 1)[-1])
-        stream = (node.get("container") or {}).get("logStreamName")
+        details = node.get("nodeDetails") or {}
+        index = details.get("nodeIndex", node["jobId"].rsplit("#", 1)[-1])
+        container = node.get("container") or {}
+        stream = container.get("logStreamName")
         _say_change(said, f"node{index}", (node["status"], stream),
                     f"node {index}: {node['status']}" + (f", log stream {group}/{stream}" if stream else ""))
+        ip = next((n.get("privateIpv4Address") for n in container.get("networkInterfaces") or []), None)
+        if details.get("isMainNode") and node["status"] == "RUNNING" and ip and "dashboard" not in said:
+            instance = batch.instance_id(container["containerInstanceArn"]) \
+                if container.get("containerInstanceArn") else None
+            said["dashboard"] = ip
+            say(f"impressions submit: dashboard of the main node ({ip}:{dashboard_port}): "
+                + (f"{tunnel_command(instance, ip, dashboard_port)}, then open "
+                   f"http://localhost:{dashboard_port}/status" if instance else
+                   "open an SSM or SSH tunnel to it through an instance of the compute environment"))
 
 
 def _log_group(job: dict) -> str:

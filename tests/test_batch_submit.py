@@ -21,7 +21,8 @@ import botocore.session
 import pytest
 from botocore.validate import ParamValidator
 
-from cluster.submit import forwarded_environment, job_name, node_rule_problems, request_problems, submit_request
+from cluster.submit import (forwarded_environment, job_name, node_rule_problems, request_problems, submit_request,
+                            tunnel_command)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -94,6 +95,12 @@ def test_job_names_and_forwarded_configuration():
     assert request_problems("jobs/daily.yaml", 1) == [
         "JOB must be an s3:// URL the nodes can read, got jobs/daily.yaml",
         "--nodes must be at least 2 (the main node runs only the scheduler), got 1"]
+
+
+def test_the_dashboard_tunnel_never_needs_an_open_port():
+    assert tunnel_command("i-0abc", "10.0.1.23", 8787) == (
+        "aws ssm start-session --target i-0abc --document-name AWS-StartPortForwardingSessionToRemoteHost "
+        "--parameters host=10.0.1.23,portNumber=8787,localPortNumber=8787")
 
 
 def definition(num_nodes=3, main=0, ranges=("0:",), kind="multinode") -> dict:

@@ -327,7 +327,7 @@ def inputs(s3_bucket, s3_endpoint, tmp_path):
     from cluster.deploy import render
     from pipeline.generate import generate
 
-    files = generate(str(tmp_path / "gen"), rows=30_000, days=3, campaigns=12, changed=2, seed=7)
+    files = generate(str(tmp_path / "gen"), rows=12_000, days=3, campaigns=12, changed=2, seed=7)
     s3 = boto3.client("s3", endpoint_url=s3_endpoint)
     for key in ("impressions", "campaigns", "campaigns_updated"):
         s3.upload_file(files[key], s3_bucket, f"input/{os.path.basename(files[key])}")
@@ -369,7 +369,7 @@ def test_three_nodes_run_the_job_to_the_same_table_and_statistics_as_a_local_clu
     statuses = [o for o in main_out if o.get("event") == "load_status"]
     assert [s["stage"] for s in statuses if s["status"] == "SUCCEEDED"] == ["partition", "join", "update"]
     batch_stats = main_out[-1]
-    assert batch_stats["table"] == "impressions.fact_updated" and batch_stats["rows"] == 30_000
+    assert batch_stats["table"] == "impressions.fact_updated" and batch_stats["rows"] == 12_000
     err = c.err(0)
     assert "2 of 2 worker nodes arrived" in err and "the JOB exited with status 0" in err
     for i in (1, 2):
@@ -387,7 +387,7 @@ def test_three_nodes_run_the_job_to_the_same_table_and_statistics_as_a_local_clu
     for table in ("fact_partitioned", "fact_updated"):
         batch_rows, batch_table = iceberg_rows(batch_catalog, f"s3://{bucket}/batch", table)
         local_rows, local_table = iceberg_rows(local_catalog, f"s3://{bucket}/local", table)
-        assert batch_rows.num_rows == 30_000
+        assert batch_rows.num_rows == 12_000
         assert batch_rows.equals(local_rows), table
         assert batch_table.spec() == local_table.spec()
 
@@ -407,7 +407,7 @@ def test_the_job_script_runs_fetch_and_run_style_with_its_arguments(cluster, inp
     out = stdout_json(c.out(0))
     assert [o["stage"] for o in out if o.get("event") == "load_status" and o["status"] == "SUCCEEDED"] == \
         ["partition", "join", "update"]
-    assert out[-1]["table"] == "impressions.fact_updated" and out[-1]["rows"] == 30_000
+    assert out[-1]["table"] == "impressions.fact_updated" and out[-1]["rows"] == 12_000
 
 
 def test_the_job_status_is_the_main_nodes_exit_code(cluster, tmp_path):
@@ -470,3 +470,17 @@ def test_a_stopped_job_stops_its_job_and_shuts_the_cluster_down(cluster, tmp_pat
     assert c.exit_codes(timeout=60) == [128 + signal.SIGTERM, 0], c.report()
     assert not alive(job_pid)
     assert f"the JOB exited with status {128 + signal.SIGTERM}" in c.err(0)
+
+
+def test_a_main_node_stopped_while_it_waits_shuts_down_cleanly(cluster, tmp_path):
+    script = tmp_path / "never.sh"
+    script.write_text("#!/bin/sh\necho 'must not run' >&2\n")
+    c = cluster(3, DASK_IMPRESSIONS__NODE__WAIT_TIMEOUT="300s")
+    c.start(0, str(script))
+    c.start(1)  # node 2 never comes: the main node waits until Batch stops it
+    wait_for(lambda: "1 of 2 worker nodes arrived" in c.err(0), WAIT, "the first worker")
+    c.procs[0].send_signal(signal.SIGTERM)
+    assert c.exit_codes(timeout=60) == [128 + signal.SIGTERM, 0], c.report()
+    assert c.err(0).strip().splitlines()[-1] == \
+        "impressions node: stopped (SIGTERM) before the JOB ran; the cluster is shut down"
+    assert "must not run" not in c.err(0) and "Traceback" not in c.err(0)
