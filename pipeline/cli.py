@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 
@@ -151,10 +152,37 @@ def _job_settings(args, job: dict):
                          scheduler=args.scheduler, workers=args.workers)
 
 
+@contextlib.contextmanager
 def _client(settings):
+    """The Dask client for this command; an unreachable scheduler is a configuration error (exit 2)."""
+    import dask.config
     from cluster import connect
 
-    return connect(settings.scheduler, settings.workers, settings.threads_per_worker)
+    with contextlib.ExitStack() as stack:
+        try:
+            with dask.config.set({"distributed.comm.timeouts.connect": "10s"}):  # a typo should not take 30 s
+                client = stack.enter_context(connect(settings.scheduler, settings.workers,
+                                                     settings.threads_per_worker))
+        except OSError as e:  # TimeoutError included
+            if settings.scheduler:
+                raise UsageError(f"cannot reach the Dask scheduler at {settings.scheduler}: "
+                                 f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+            raise
+        yield client
+
+
+def _source_table(settings, name: str) -> None:
+    """The table a command reads must exist (the error names the warehouse)."""
+    from .table.catalog import load_table, open_catalog, table_name
+
+    load_table(open_catalog(settings.warehouse, settings.catalog, create=False), table_name(name, settings.namespace))
+
+
+def _writable(settings) -> None:
+    """A command that writes checks its warehouse and catalog before any cluster starts."""
+    from .table.catalog import open_catalog
+
+    open_catalog(settings.warehouse, settings.catalog, create=True)
 
 
 def _dispatch(args) -> int:
@@ -179,20 +207,25 @@ def _dispatch(args) -> int:
             raise UsageError("partition needs at least one SOURCE and a TABLE")
         if args.buckets is not None and args.buckets < 1:
             raise UsageError("--buckets must be at least 1")
-        from .stages.partition import partition
         from .read.sources import stat
+        from .stages.partition import partition
 
         for source in args.paths[:-1]:  # a mistyped path fails at once, before a cluster starts
             stat(source)
+        _writable(settings)
         with _client(settings) as client:
             partition(client, settings, args.paths[:-1], args.paths[-1], replace=args.replace, buckets=args.buckets,
                       append=args.append)
         return 0
     if args.command == "stats":
-        from .stages.table_stats import say_stats, table_stats
+        from .stages.table_stats import finish_stats, plan_stats, say_stats
 
-        with _client(settings) as client:
-            result = table_stats(client, settings, args.table, recount=args.recount)
+        plan = plan_stats(settings, args.table, recount=args.recount)
+        if plan.to_read:  # files without stored figures, or --recount: read them on the cluster
+            with _client(settings) as client:
+                result = finish_stats(plan, client)
+        else:
+            result = finish_stats(plan, None)
         say_stats(result)
         if args.json:
             emit(result)
@@ -203,9 +236,12 @@ def _dispatch(args) -> int:
     if args.command in ("join", "update"):
         from .stages.dimension import as_dimension
 
-        # read once, here: a bad dimension file (missing, no key column, duplicate keys) fails before a
-        # cluster starts
+        # read once, here: a bad dimension file (missing, no key column, duplicate keys) or a missing source
+        # table fails before a cluster starts
         dimension = as_dimension(args.dimension, settings)
+        _source_table(settings, args.source_table)
+        if not (args.command == "update" and args.dry_run):
+            _writable(settings)
     if args.command == "join":
         from .stages.join import join
 
@@ -215,21 +251,26 @@ def _dispatch(args) -> int:
     if args.command == "update":
         from .stages.update import update
 
+        if args.dry_run:  # a plan from metadata only: no cluster
+            update(None, settings, dimension, args.source_table, args.table, full_snapshot=args.full_snapshot,
+                   dry_run=True)
+            return 0
         with _client(settings) as client:
             update(client, settings, dimension, args.source_table, args.table,
                    full_snapshot=args.full_snapshot, dry_run=args.dry_run)
         return 0
     if args.command == "run":
-        from .jobfile import read_job, run_steps
+        from .jobfile import base_dir, check_steps, read_job, run_steps
         from .stages.table_stats import say_stats
 
         job = read_job(args.job)
         settings = _job_settings(args, job)
-        base = os.path.dirname(os.path.abspath(args.job)) if "://" not in args.job else args.job.rsplit("/", 1)[0]
+        steps = check_steps(job["steps"], settings, base_dir(args.job))  # the whole job, before anything runs
+        _writable(settings)
         with _client(settings) as client:
-            results = run_steps(client, settings, job["steps"], base_dir=base)
+            results = run_steps(client, settings, steps)
         last = results[-1]
-        if "vp_mean" in last:
+        if "vp_mean" in last and "snapshot_id" in last:
             say_stats(last)
         emit(last)
         return 0

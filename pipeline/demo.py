@@ -32,7 +32,7 @@ def _inputs(data_dir: str, rows: int) -> dict:
 def demo(settings, rows: int = 3_000_000, data_dir: str = "demo-data") -> int:
     from cluster import connect
 
-    from .jobfile import run_steps
+    from .jobfile import check_steps, run_steps
     from .stages.table_stats import say_stats
 
     files = _inputs(data_dir, rows)
@@ -42,8 +42,9 @@ def demo(settings, rows: int = 3_000_000, data_dir: str = "demo-data") -> int:
         {"update": {"dimension": files["campaigns_updated"], "source": "FACT_JOINED", "table": "FACT_UPDATED"}},
         {"stats": {"table": "FACT_UPDATED"}},
     ]
+    checked = check_steps(steps, settings, os.getcwd())
     with connect(settings.scheduler, settings.workers, settings.threads_per_worker) as client:
-        results = run_steps(client, settings, steps, base_dir=os.getcwd())
+        results = run_steps(client, settings, checked)
     final = results[-1]
     say("")
     say_stats(final)

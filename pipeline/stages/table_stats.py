@@ -8,6 +8,8 @@ data. Moments merge with Chan's formula, so any tree shape gives the same answer
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from distributed import Client
 
 from ..errors import LoadError
@@ -29,28 +31,48 @@ def say_stats(r: dict) -> None:
             f"min {r['vp_min']}, max {r['vp_max']}")
 
 
-def table_stats(client: Client | None, settings, table_arg: str, recount: bool = False, split_every: int = 8) -> dict:
+@dataclass
+class StatsPlan:
+    """What `stats` knows without reading (from the lineage) and which files it must read."""
+
+    table: object
+    ident: tuple
+    files: list
+    known: list
+    to_read: list
+    recount: bool
+
+
+def plan_stats(settings, table_arg: str, recount: bool = False) -> StatsPlan:
     ident = table_name(table_arg, settings.namespace)
     table = load_table(open_catalog(settings.warehouse, settings.catalog, create=False), ident)
-    snapshot = table.current_snapshot()
-    tasks = list(table.scan().plan_files()) if snapshot else []
+    tasks = list(table.scan().plan_files()) if table.current_snapshot() else []
     if any(t.delete_files for t in tasks):
         raise LoadError(f"{qualified(ident)} has row-level delete files; rewrite it before computing stats")
     files = [{"path": t.file.file_path, "rows": t.file.record_count} for t in tasks]
-
     known, to_read = _stored_moments(table.properties, files) if not recount else ([], [f["path"] for f in files])
-    read = _read_on_cluster(client, table, to_read, from_footer=not recount) if to_read else []
-    parts = known + [m for _, _, m in read]
+    return StatsPlan(table, ident, files, known, to_read, recount)
+
+
+def finish_stats(plan: StatsPlan, client: Client | None, split_every: int = 8) -> dict:
+    """Read what must be read (on the cluster when there is one), merge, and build the `stats --json` object."""
+    read = _read_on_cluster(client, plan.table, plan.to_read, from_footer=not plan.recount) if plan.to_read else []
+    parts = plan.known + [m for _, _, m in read]
     moments = stats.tree_reduce(parts, split_every) if parts else stats.Moments.empty()
-    result = {"table": qualified(ident), "snapshot_id": snapshot.snapshot_id if snapshot else None,
-              "rows": sum(f["rows"] for f in files), "files": files}
+    snapshot = plan.table.current_snapshot()
+    result = {"table": qualified(plan.ident), "snapshot_id": snapshot.snapshot_id if snapshot else None,
+              "rows": sum(f["rows"] for f in plan.files), "files": plan.files}
     summary = stats.summary(moments)
     result.update({k: summary[k] for k in ("vp_mean", "vp_std", "vp_std_sample", "vp_min", "vp_max")})
-    if recount:
+    if plan.recount:
         counted = sum(rows for _, rows, _ in read)
         result["recount_rows"] = counted
         result["recount_matches"] = counted == result["rows"] and moments.n == counted
     return result
+
+
+def table_stats(client: Client | None, settings, table_arg: str, recount: bool = False, split_every: int = 8) -> dict:
+    return finish_stats(plan_stats(settings, table_arg, recount), client, split_every)
 
 
 def _stored_moments(properties: dict, files: list[dict]) -> tuple[list, list[str]]:
