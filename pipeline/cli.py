@@ -274,6 +274,30 @@ def _dispatch(args) -> int:
             say_stats(last)
         emit(last)
         return 0
+    if args.command in ("compact", "expire", "cleanup"):
+        from .config import parse_duration
+        from .stages import maintain
+
+        m = settings.maintenance
+        if args.command == "compact":
+            from .config import byte_size
+
+            size = byte_size(args.target_file_size) if args.target_file_size else m.target_file_size
+            if size < 1 << 20:
+                raise UsageError("--target-file-size must be at least 1 MiB")
+            _source_table(settings, args.table)
+            with _client(settings) as client:
+                maintain.compact(client, settings, args.table, size)
+            return 0
+        older = parse_duration(args.older_than, "--older-than") if args.older_than else m.older_than
+        if args.command == "expire":
+            retain = args.retain_last if args.retain_last is not None else m.retain_last
+            if retain < 1:
+                raise UsageError("--retain-last must be at least 1")
+            maintain.expire(settings, args.table, older, retain)
+        else:
+            maintain.cleanup(settings, args.table, older, args.delete)
+        return 0
     if args.command == "demo":
         from .demo import demo
 

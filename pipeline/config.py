@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field, replace
+from datetime import timedelta
 from pathlib import Path
 
 import dask.config
@@ -26,7 +27,7 @@ def _load_defaults() -> None:
 _load_defaults()
 
 
-def _bytes(value) -> int:
+def byte_size(value) -> int:
     try:
         return int(parse_bytes(value)) if isinstance(value, str) else int(value)
     except (ValueError, TypeError) as e:
@@ -56,6 +57,31 @@ class ReadSettings:
 
 
 @dataclass(frozen=True)
+class MaintenanceSettings:
+    target_file_size: int
+    older_than: timedelta
+    retain_last: int
+
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def parse_duration(value, key: str = "duration") -> timedelta:
+    """`3d`, `12h`, `30m`, `0s`, `1w` (or a number of seconds)."""
+    text = str(value).strip().lower()
+    try:
+        if text[-1:] in _UNITS:
+            seconds = float(text[:-1]) * _UNITS[text[-1]]
+        else:
+            seconds = float(text)
+    except ValueError:
+        raise UsageError(f"{key}: not a duration: {value!r} (use e.g. 3d, 12h, 30m, 0s)") from None
+    if seconds < 0:
+        raise UsageError(f"{key}: a duration cannot be negative: {value!r}")
+    return timedelta(seconds=seconds)
+
+
+@dataclass(frozen=True)
 class Settings:
     warehouse: str
     catalog: str | None
@@ -72,6 +98,7 @@ class Settings:
     dimension_table: str
     dimension_date_column: str | None
     dimension_types: dict = field(default_factory=dict)
+    maintenance: MaintenanceSettings = MaintenanceSettings(128 << 20, timedelta(days=3), 1)
 
     def with_overrides(self, **kw) -> "Settings":
         return replace(self, **{k: v for k, v in kw.items() if v is not None})
@@ -93,20 +120,25 @@ def load_settings(**overrides) -> Settings:
         threads_per_worker=_int("threads-per-worker", get("threads-per-worker")),
         scheduler=scheduler,
         read=ReadSettings(
-            range_size=_bytes(get("read.range-size")),
-            index_spacing=_bytes(get("read.index-spacing")),
-            small_file=_bytes(get("read.small-file")),
-            block_size=_bytes(get("read.block-size")),
-            max_line=_bytes(get("read.max-line")),
-            quarantine_line_bytes=_bytes(get("read.quarantine-line-bytes")),
+            range_size=byte_size(get("read.range-size")),
+            index_spacing=byte_size(get("read.index-spacing")),
+            small_file=byte_size(get("read.small-file")),
+            block_size=byte_size(get("read.block-size")),
+            max_line=byte_size(get("read.max-line")),
+            quarantine_line_bytes=byte_size(get("read.quarantine-line-bytes")),
         ),
-        memory_budget=_bytes(get("write.memory-budget")),
+        memory_budget=byte_size(get("write.memory-budget")),
         compression=str(get("write.compression")),
         row_group_rows=_int("write.row-group-rows", get("write.row-group-rows")),
         quarantine_table=str(get("tables.quarantine")),
         dimension_table=str(get("tables.dimension")),
         dimension_date_column=get("dimension.date-column"),
         dimension_types=dict(get("dimension.types") or {}),
+        maintenance=MaintenanceSettings(
+            target_file_size=byte_size(get("maintenance.target-file-size")),
+            older_than=parse_duration(get("maintenance.older-than"), "impressions.maintenance.older-than"),
+            retain_last=_int("maintenance.retain-last", get("maintenance.retain-last")),
+        ),
     ).with_overrides(**overrides)
     validate(s)
     if s.read.block_size > s.read.range_size:  # a small range reads in blocks of its own size
@@ -124,6 +156,8 @@ def validate(s: Settings) -> None:
                          "must be at least 1 KiB")
     if s.read.max_line < 1024:
         raise UsageError("read.max-line must be at least 1 KiB")
+    if s.maintenance.target_file_size < 1 << 20 or s.maintenance.retain_last < 1:
+        raise UsageError("maintenance.target-file-size must be at least 1 MiB and maintenance.retain-last at least 1")
     codecs = ("zstd", "snappy", "gzip", "lz4", "brotli", "none")
     if s.compression not in codecs:
         raise UsageError(f"write.compression must be one of {', '.join(codecs)}, got {s.compression!r}")

@@ -104,6 +104,9 @@ EVERY_KEY = [
     ("tables.dimension", "campaign_meta", "dimension_table", "campaign_meta"),
     ("dimension.date-column", "ad_date", "dimension_date_column", "ad_date"),
     ("dimension.types", {"budget": "double"}, "dimension_types", {"budget": "double"}),
+    ("maintenance.target-file-size", "64 MiB", "maintenance.target_file_size", 64 * MiB),
+    ("maintenance.older-than", "12h", "maintenance.older_than", __import__("datetime").timedelta(hours=12)),
+    ("maintenance.retain-last", 3, "maintenance.retain_last", 3),
 ]
 
 
