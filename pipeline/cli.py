@@ -4,9 +4,10 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import signal
 import sys
 
-from .errors import LoadError, UsageError
+from .errors import Interrupted, LoadError, UsageError
 from .report.loads import emit, say
 
 
@@ -115,6 +116,7 @@ def main(argv=None) -> int:
     if not args.command:
         parser.print_help(sys.stderr)
         return 2
+    previous = {s: signal.signal(s, _interrupt) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         return _dispatch(args) or 0
     except UsageError as e:
@@ -123,14 +125,25 @@ def main(argv=None) -> int:
     except LoadError as e:
         say(f"impressions: load failed: {e}")
         return 1
-    except KeyboardInterrupt:
-        say("impressions: interrupted; nothing was committed by the interrupted step")
-        return 130
+    except (Interrupted, KeyboardInterrupt) as e:
+        name, code = (e.args[0], e.exit_code) if isinstance(e, Interrupted) else ("SIGINT", 130)
+        say(f"impressions: interrupted ({name}); nothing was committed by the interrupted step")
+        return code
     except Exception as e:  # noqa: BLE001 - one readable line, never a traceback
         if os.environ.get("IMPRESSIONS_DEBUG"):
             raise
         say(f"impressions: failed: {type(e).__name__}: {e} (set IMPRESSIONS_DEBUG=1 for a traceback)")
         return 1
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+def _interrupt(signum, frame):
+    # the handlers go back to the defaults at once: a second Ctrl-C while shutting down is not caught again
+    for s in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(s, signal.SIG_DFL if s == signal.SIGTERM else signal.default_int_handler)
+    raise Interrupted(signum)
 
 
 def _settings(args):
@@ -160,7 +173,7 @@ def _client(settings):
 
     with contextlib.ExitStack() as stack:
         try:
-            with dask.config.set({"distributed.comm.timeouts.connect": "10s"}):  # a typo should not take 30 s
+            with dask.config.set({"distributed.comm.timeouts.connect": "10s"}), _workers_ignore_sigint():
                 client = stack.enter_context(connect(settings.scheduler, settings.workers,
                                                      settings.threads_per_worker))
         except OSError as e:  # TimeoutError included
@@ -169,6 +182,17 @@ def _client(settings):
                                  f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
             raise
         yield client
+
+
+@contextlib.contextmanager
+def _workers_ignore_sigint():
+    """Worker processes started meanwhile inherit an ignored SIGINT: a terminal's Ctrl-C goes to the whole
+    foreground process group, and only the driver should act on it (and shut the cluster down, quietly)."""
+    handler = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, handler)
 
 
 def _source_table(settings, name: str) -> None:

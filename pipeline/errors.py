@@ -1,4 +1,4 @@
-"""The two kinds of failure the CLI distinguishes (exit code 2 and 1)."""
+"""The kinds of failure the CLI distinguishes: usage (exit 2), a failed load (exit 1), an interrupt (128 + signal)."""
 
 
 class UsageError(Exception):
@@ -7,3 +7,15 @@ class UsageError(Exception):
 
 class LoadError(Exception):
     """The data or the commit failed: nothing was committed (exit 1)."""
+
+
+class Interrupted(BaseException):
+    """SIGINT (Ctrl-C) or SIGTERM (what AWS Batch sends a terminated job): a BaseException, like
+    KeyboardInterrupt, so that no `except Exception` on the way swallows it."""
+
+    def __init__(self, signum: int):
+        import signal
+
+        self.signum = signum
+        self.exit_code = 128 + signum
+        super().__init__(signal.Signals(signum).name)

@@ -12,6 +12,9 @@ import sys
 import time
 import uuid
 from dataclasses import dataclass, field
+from typing import NoReturn
+
+from ..errors import Interrupted, LoadError, UsageError
 
 EMF_NAMESPACE = "Impressions"
 
@@ -90,3 +93,18 @@ def emf(rec: dict) -> dict:
         "stage": rec["stage"], "table": rec["table"], "status": rec["status"], "load_id": rec["load_id"],
         **metrics,
     }
+
+
+FAILURES = (Exception, Interrupted, KeyboardInterrupt)  # what a stage reports as FAILED before passing it on
+
+
+def fail(load: Load, e: BaseException) -> NoReturn:
+    """Print the load's FAILED status line (and its EMF line), then raise what the CLI maps to an exit code:
+    an interrupt stays an interrupt, a usage or load error stays itself, anything else becomes a LoadError."""
+    if isinstance(e, (Interrupted, KeyboardInterrupt)):
+        load.finish("FAILED", error="interrupted")
+        raise e
+    load.finish("FAILED", error=str(e))
+    if isinstance(e, (LoadError, UsageError)):
+        raise e
+    raise LoadError(f"{type(e).__name__}: {e}") from e

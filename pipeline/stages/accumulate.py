@@ -19,7 +19,7 @@ import pyarrow as pa
 
 from ..schema import QUARANTINE_SCHEMA
 from ..table.bucket import bucket_array
-from ..table.write import WriteTarget, WrittenFile, to_date, write_data_files
+from ..table.write import WriteTarget, to_date, write_data_files
 
 
 def sort_by_partition(rows: pa.Table, buckets: int) -> tuple[pa.Table, np.ndarray, np.ndarray]:

@@ -18,7 +18,7 @@ from distributed import Client, as_completed
 
 from ..errors import LoadError, UsageError
 from ..report import stats
-from ..report.loads import Load, load_id, say
+from ..report.loads import FAILURES, Load, fail, load_id, say
 from ..report.progress import Progress
 from ..schema import COLUMNS
 from ..table.bucket import bucket_of
@@ -188,11 +188,8 @@ def join(client: Client, settings, dimension: str | Dimension, source_arg: str, 
                                      PROP_SOURCES: json.dumps([dim.source] if dim.source else [])})
 
         commit(target, plan)
-    except Exception as e:
-        load.finish("FAILED", error=str(e))
-        if isinstance(e, (LoadError, UsageError)):
-            raise
-        raise LoadError(f"{type(e).__name__}: {e}") from e
+    except FAILURES as e:  # report, then let the CLI map it to an exit code
+        fail(load, e)
     rows_read = sum(r["rows_read"] for r in results)
     written = sum(r.data_file.record_count for r in records)
     summary = stats.summary(stats.tree_reduce([r.moments for r in records]))

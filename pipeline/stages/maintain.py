@@ -17,7 +17,7 @@ import pyarrow as pa
 from distributed import Client, as_completed
 
 from ..errors import LoadError
-from ..report.loads import Load, emit, load_id, say
+from ..report.loads import FAILURES, Load, emit, fail, load_id, say
 from ..report.progress import Progress
 from ..table import maintenance
 from ..table.catalog import load_table, open_catalog, qualified, table_name
@@ -111,11 +111,10 @@ def _compact_once(client, table, ident, target_size) -> dict:
         for fut in as_completed(futures):
             written += fut.result()
             progress.step()
-    except Exception as e:
+    except FAILURES as e:
         for f in futures:
             f.cancel()
-        load.finish("FAILED", error=str(e))
-        raise LoadError(f"compact failed: {e}") from e
+        fail(load, e)
     finally:
         progress.close()
     rows_in = sum(f.record_count for f in inputs)

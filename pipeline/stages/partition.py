@@ -24,7 +24,7 @@ from ..read.parse import parse_block
 from ..read.ranges import ByteRange, LongLine, open_range, owned_blocks, plan_indexed, plan_plain
 from ..read.sources import Source, describe_all, is_gzip
 from ..report import stats
-from ..report.loads import Load, load_id, say
+from ..report.loads import FAILURES, Load, fail, load_id, say
 from ..report.progress import Progress
 from ..storage import filesystem
 from ..table.catalog import create_or_load, open_catalog, qualified, table_name, table_properties
@@ -174,11 +174,8 @@ def partition(client: Client, settings: Settings, source_urls: list[str], table_
     load.status("RUNNING", sources=[s.url for s in plan.todo])
     try:
         record = _run(client, settings, table, qtable, plan, load)
-    except Exception as e:  # report, then let the CLI map it to an exit code
-        load.finish("FAILED", error=str(e))
-        if isinstance(e, (LoadError, UsageError)):
-            raise
-        raise LoadError(f"{type(e).__name__}: {e}") from e
+    except FAILURES as e:  # report, then let the CLI map it to an exit code
+        fail(load, e)
     finally:
         client.run(drop_load, load.run_id)  # whatever a failed or recomputed task left on a worker
     if plan.skipped:

@@ -23,7 +23,7 @@ from distributed import Client
 
 from ..errors import LoadError, UsageError
 from ..report import stats
-from ..report.loads import Load, emit, load_id, say
+from ..report.loads import FAILURES, Load, fail, emit, load_id, say
 from ..storage import filesystem, is_remote
 from ..table.bucket import bucket_array
 from ..table.catalog import create_or_load, load_table, open_catalog, qualified, table_name, table_properties
@@ -140,11 +140,8 @@ def _update_once(client, settings, new_rows: Dimension, source_arg, table_arg, f
         record = _rewrite(client, catalog, settings, source, dst_ident, in_place, merged, hit, keep, lid, base_id)
     except Replan:
         raise
-    except Exception as e:
-        load.finish("FAILED", error=str(e))
-        if isinstance(e, (LoadError, UsageError)):
-            raise
-        raise LoadError(f"{type(e).__name__}: {e}") from e
+    except FAILURES as e:  # report, then let the CLI map it to an exit code
+        fail(load, e)
     return load.finish("SUCCEEDED", **record, **plan)
 
 
