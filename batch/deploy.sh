@@ -50,6 +50,11 @@ deploy_stack() {
 if [ "$with_stack" = 1 ]; then
   [ -n "$stack" ] || die "--stack NAME is needed (or --no-stack with BUCKET, REPOSITORY, JOB_QUEUE, JOB_DEFINITION)"
   status=$(aws status --stack "$stack")
+  case "$status" in
+    ROLLBACK_COMPLETE|ROLLBACK_FAILED|DELETE_FAILED)
+      die "stack $stack is $status (its first creation failed): see its events, delete it, deploy again" ;;
+    *_IN_PROGRESS) die "stack $stack is $status: wait until it is done" ;;
+  esac
   if [ "$status" = NONE ]; then
     outputs=$(deploy_stack)                       # creates the repository the image goes to
   else

@@ -13,6 +13,7 @@ import os
 import signal
 import threading
 import time
+from collections import Counter
 
 from distributed import Client, Nanny, Scheduler
 
@@ -63,7 +64,8 @@ class SchedulerThread:
         if not self._ready.wait(START_TIMEOUT):
             raise LoadError(f"the scheduler did not start within {START_TIMEOUT:.0f}s")
         if self._error is not None:
-            raise LoadError(f"the scheduler could not start on port {self.port}: {self._error}")
+            cause = self._error.__cause__ or self._error  # distributed wraps the OSError (port in use, ...)
+            raise LoadError(f"the scheduler could not start on port {self.port}: {cause}")
         return self
 
     def _serve(self) -> None:
@@ -140,10 +142,13 @@ class MainNode:
         return code
 
     def wait_for_workers(self, client: Client) -> int:
-        """Nodes that arrive are counted as they come (a progress line each); returns how many came in time."""
-        expected, deadline, seen = self.node.workers_expected, time.monotonic() + self.settings.wait_timeout, -1
+        """Worker nodes are counted as they come (a progress line each); a node counts once all its
+        `node.worker-processes` have registered. Returns how many complete nodes came in time."""
+        expected, per_node = self.node.workers_expected, self.settings.worker_processes
+        deadline, seen = time.monotonic() + self.settings.wait_timeout, -1
         while True:
-            nodes = len({_node_of(name) for name in client.run_on_scheduler(_worker_names)})
+            counts = Counter(_node_of(name) for name in client.run_on_scheduler(_worker_names))
+            nodes = sum(1 for n in counts.values() if n >= per_node)
             if nodes != seen:
                 seen = nodes
                 say(f"impressions node: {nodes} of {expected} worker nodes arrived")
@@ -192,25 +197,41 @@ class ChildNode:
         nannies = [Nanny(self.scheduler_address, nthreads=s.worker_threads, name=name,
                          death_timeout=s.death_timeout, silence_logs=self._silence)
                    for name in self.worker_names()]
+        self._connected, all_in = 0, asyncio.Event()
+        lives = [asyncio.ensure_future(self._live(n, len(nannies), all_in)) for n in nannies]
+        stopped, arrived = asyncio.ensure_future(stop.wait()), asyncio.ensure_future(all_in.wait())
         try:
-            await asyncio.wait_for(asyncio.gather(*nannies), s.death_timeout + START_TIMEOUT)
-        except (asyncio.TimeoutError, TimeoutError, OSError) as e:
+            # until every worker process is registered (or one ends, or a signal; death-timeout as a backstop)
+            done, _ = await asyncio.wait([*lives, stopped, arrived], timeout=s.death_timeout + START_TIMEOUT,
+                                         return_when=asyncio.FIRST_COMPLETED)
+            if arrived in done:
+                say(f"impressions {self.node.label}: connected to {self.scheduler_address}")
+                # until one of them ends: the scheduler closed or went away (or a signal)
+                done, _ = await asyncio.wait([*lives, stopped], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (*lives, stopped, arrived):
+                task.cancel()
             await _close_all(nannies)
+        if stopped in done:
+            say(f"impressions {self.node.label}: stopped by a signal; the workers are closed")
+            return 0
+        if not self._connected:
             say(f"impressions node: no scheduler at {self.scheduler_address} within node.death-timeout "
-                f"({s.death_timeout:.0f}s): {type(e).__name__}")
+                f"({s.death_timeout:.0f}s)")
             return 1
-        say(f"impressions {self.node.label}: connected to {self.scheduler_address}")
-        finished = asyncio.ensure_future(asyncio.gather(*(n.finished() for n in nannies)))
-        stopped = asyncio.ensure_future(stop.wait())
-        await asyncio.wait([finished, stopped], return_when=asyncio.FIRST_COMPLETED)
-        if stopped.done():
-            say(f"impressions {self.node.label}: stopped by a signal; closing the workers")
-        else:
-            say(f"impressions {self.node.label}: the scheduler closed or went away; the workers are closed")
-        await _close_all(nannies)
-        finished.cancel()
-        stopped.cancel()
+        say(f"impressions {self.node.label}: the scheduler closed or went away; the workers are closed")
         return 0
+
+    async def _live(self, nanny: Nanny, total: int, all_in: asyncio.Event) -> None:
+        """One worker process under its nanny: start (gives up after death-timeout), then run until it closes."""
+        try:
+            await nanny
+        except Exception:  # noqa: BLE001 - timed out, refused, failed: no scheduler for this process
+            return
+        self._connected += 1
+        if self._connected == total:
+            all_in.set()
+        await nanny.finished()
 
 
 async def _close_all(nannies: list[Nanny]) -> None:

@@ -413,10 +413,20 @@ def test_the_job_script_runs_fetch_and_run_style_with_its_arguments(cluster, inp
 def test_the_job_status_is_the_main_nodes_exit_code(cluster, tmp_path):
     script = tmp_path / "fails.sh"
     script.write_text('#!/bin/sh\necho "failing on purpose" >&2\nexit 3\n')
-    c = cluster(2)
+    c = cluster(2, DASK_IMPRESSIONS__NODE__WORKER_PROCESSES=2)  # two worker processes on the child node
     c.start_all(str(script))
     assert c.exit_codes() == [3, 0], c.report()
     assert "the JOB exited with status 3" in c.err(0)
+    assert "1 of 1 worker nodes arrived" in c.err(0)  # a node counts once, whatever its processes
+    assert "2 worker process(es) x 1 threads" in c.err(1)
+
+
+def test_a_job_longer_than_the_job_timeout_is_stopped(cluster, tmp_path):
+    c = cluster(2, DASK_IMPRESSIONS__NODE__JOB_TIMEOUT="3s")
+    c.start_all(str(sleeping_job(tmp_path)))
+    assert c.exit_codes() == [1, 0], c.report()
+    assert "the JOB ran longer than node.job-timeout (3s); stopping it" in c.err(0)
+    assert not alive(int((tmp_path / "job.pid").read_text()))
 
 
 def test_a_child_that_never_comes_fails_the_job_within_the_timeout(cluster, tmp_path):
@@ -484,3 +494,17 @@ def test_a_main_node_stopped_while_it_waits_shuts_down_cleanly(cluster, tmp_path
     assert c.err(0).strip().splitlines()[-1] == \
         "impressions node: stopped (SIGTERM) before the JOB ran; the cluster is shut down"
     assert "must not run" not in c.err(0) and "Traceback" not in c.err(0)
+
+
+def test_a_main_node_whose_port_is_taken_exits_1_with_one_line(cluster, tmp_path):
+    script = tmp_path / "never.sh"
+    script.write_text("#!/bin/sh\necho 'must not run' >&2\n")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        c = cluster(2, DASK_IMPRESSIONS__NODE__SCHEDULER_PORT=port)
+        c.start(0, str(script))
+        assert c.wait(0) == 1
+    assert c.err(0).strip().splitlines() == [
+        f"impressions: load failed: the scheduler could not start on port {port}: [Errno 98] Address already in use"]
