@@ -355,3 +355,18 @@ def test_persistent_throttling_fails_in_bounded_time(inputs, fault_proxy):
     assert time.monotonic() - t < 120
     assert "S3 kept throttling" in line and "(impressions.s3.max-attempts: 2)" in line, line
     nothing_written(inputs, w)
+
+
+@pytest.mark.xfail(strict=True, reason="needs `e = translate_error(e)` in pipeline/report/loads.py fail() before "
+                   "the FAILED line: a data file whose upload fails when its stream closes raises pyarrow's own "
+                   "text, which names 'key … in bucket …', not the URL or the action")
+def test_data_file_upload_denied_at_completion(inputs, fault_proxy):
+    """The role may start multipart uploads under the warehouse but not complete them (CompleteMultipartUpload
+    denied): the data-file writes on the workers fail when their streams close."""
+    w = fresh(inputs, "denied-complete")
+    data = f"{w.warehouse}/impressions/fact_partitioned/data/"
+    fault_proxy.configure(rules=[{"prefix": data, "methods": ["POST"], "query": "uploadId=", "status": 403}])
+    proc = cli(["partition", inputs.urls["impressions"], "FACT_PARTITIONED"], fault_proxy.url, w.warehouse,
+               w.catalog, workers=1)
+    line = failed_cleanly(proc, data)
+    assert "access denied (the role needs s3:PutObject on it)" in line, line
