@@ -10,7 +10,8 @@ Three clients reach S3, and all three get their settings from one `S3Policy` (``
   (capped exponential backoff with full jitter) with `max-attempts` tries, and the connect/read timeouts;
 - pyarrow's S3 filesystem under pyiceberg's FileIO (data files, manifests, metadata): `iceberg_io_properties()`;
   the AWS SDK's standard retry strategy with `max-attempts` tries (`ArrowRetryStrategy`), the same timeouts;
-- boto3 clients (Glue, tags, metadata): `boto_config()` / `boto_client(service)`.
+- boto3 clients (tags, metadata, CloudWatch): `boto_config()` / `boto_client(service)`; pyiceberg's Glue catalog,
+  which makes its own boto3 client: `glue_properties()`.
 
 Those clients retry each *request*. `retry(fn, ...)` is the one retry loop of our own (capped exponential backoff,
 full jitter, `max-attempts` tries) for a whole *operation* that cannot be resumed where it broke (for example
@@ -144,6 +145,14 @@ def boto_client(service: str, **kwargs):
         kwargs["endpoint_url"] = endpoint
     kwargs.setdefault("config", boto_config())
     return boto3.client(service, **kwargs)
+
+
+def glue_properties() -> dict:
+    """Catalog properties for pyiceberg's GlueCatalog, which builds its own boto3 client from them: the policy's
+    retry mode and tries. `glue.max-retries` is botocore's `max_attempts` (retries after the first try) and must
+    be an int, not a string."""
+    p = policy()
+    return {"glue.max-retries": p.max_attempts - 1, "glue.retry-mode": p.retry_mode}
 
 
 class ArrowRetryStrategy(pyarrow.fs.AwsStandardS3RetryStrategy):

@@ -164,6 +164,15 @@ def test_every_client_gets_the_policy(s3_endpoint):
         assert props["s3.retry-strategy-impl"] == f"{storage.__name__}.{type(strategy).__name__}"
 
 
+def test_glue_catalog_gets_the_policy(s3_endpoint):
+    from pyiceberg.catalog.glue import GlueCatalog
+
+    with dask.config.set({"impressions.s3.max-attempts": 4, "impressions.s3.retry-mode": "adaptive"}):
+        props = storage.glue_properties()
+        catalog = GlueCatalog("impressions", **{**props, "glue.endpoint": s3_endpoint, "glue.region": "us-east-1"})
+    assert catalog.glue.meta.config.retries == {"mode": "adaptive", "total_max_attempts": 4}
+
+
 def test_catalog_properties_carry_the_fileio_properties(tmp_path):
     from pipeline.table.catalog import catalog_properties
 
