@@ -24,7 +24,10 @@ test: install
 	$(BIN)/python -m pytest -q
 
 bench: install
-	$(BIN)/python bench/partition_vs_duckdb.py
+	$(BIN)/python bench/bench.py
+
+bench-quick: install
+	BENCH_QUICK=1 $(BIN)/python bench/bench.py
 
 clean:
 	rm -rf $(VENV) warehouse demo-data .pytest_cache
