@@ -37,6 +37,7 @@ import argparse
 import http.client
 import io
 import json
+import os
 import random
 import re
 import socket
@@ -341,12 +342,22 @@ def main(argv=None) -> int:
         p.add_argument(f"--{kind}", type=float, default=0.0, help=f"share of requests answered with {kind}")
     p.add_argument("--delay-seconds", type=float, default=2.0)
     p.add_argument("--rules", default="[]", help="JSON list of permanent-error rules")
+    p.add_argument("--exit-with-parent", action="store_true", help="exit when the process that started it is gone")
     args = p.parse_args(argv)
     if urlsplit(args.upstream).hostname not in ("127.0.0.1", "localhost"):
         p.error("the upstream must be on loopback")
     config = {"seed": args.seed, "rates": {k: getattr(args, k) for k in KINDS},
               "delay_seconds": args.delay_seconds, "rules": json.loads(args.rules)}
     server = serve(args.upstream, args.port, config)
+    if args.exit_with_parent:  # a killed test run leaves no proxy behind
+        parent = os.getppid()
+
+        def watch():
+            while os.getppid() == parent:
+                time.sleep(1)
+            os._exit(0)
+
+        threading.Thread(target=watch, daemon=True).start()
     print(f"LISTENING http://127.0.0.1:{server.server_address[1]}", flush=True)
     try:
         server.serve_forever()
@@ -399,7 +410,7 @@ class FaultProxy:
 def _start(upstream: str, timeout: float = 30.0):
     import subprocess
 
-    proc = subprocess.Popen([sys.executable, __file__, "--upstream", upstream, "--port", "0"],
+    proc = subprocess.Popen([sys.executable, __file__, "--upstream", upstream, "--port", "0", "--exit-with-parent"],
                             stdout=subprocess.PIPE, text=True)
     line: list[str] = []
     reader = threading.Thread(target=lambda: line.append(proc.stdout.readline()), daemon=True)
