@@ -81,7 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
     lo.add_argument("--limit", type=int, default=50, help="at most this many loads (default 50)")
 
     db = sub.add_parser("dashboard", parents=[common], help="write the HTML dashboard (or publish the CloudWatch one)")
-    db.add_argument("--out", default="impressions-dashboard.html", help="the HTML file to write")
+    db.add_argument("--out", default=None,
+                    help="the HTML file to write (default impressions-dashboard.html; with --cloudwatch only if given)")
 
     co = sub.add_parser("compact", parents=[common], help="rewrite the small files of each partition, one snapshot")
     co.add_argument("table")
@@ -132,7 +133,11 @@ def main(argv=None) -> int:
     except Exception as e:  # noqa: BLE001 - one readable line, never a traceback
         if os.environ.get("IMPRESSIONS_DEBUG"):
             raise
-        say(f"impressions: failed: {type(e).__name__}: {e} (set IMPRESSIONS_DEBUG=1 for a traceback)")
+        from .storage import translate_error
+
+        e = translate_error(e)
+        hint = "" if getattr(e, "s3_translated", False) else " (set IMPRESSIONS_DEBUG=1 for a traceback)"
+        say(f"impressions: failed: {type(e).__name__}: {e}{hint}")
         return 1
     finally:
         for s, handler in previous.items():
@@ -171,9 +176,14 @@ def _client(settings):
     import dask.config
     from cluster import connect
 
+    from .report import live
+    from .report.loads import reporting
+
     with contextlib.ExitStack() as stack:
         try:
-            with dask.config.set({"distributed.comm.timeouts.connect": "10s"}), _workers_ignore_sigint():
+            # a typo should not take 30 s; a scheduler we start serves the live page (report/live.py)
+            with dask.config.set({"distributed.comm.timeouts.connect": "10s", **live.scheduler_config()}), \
+                    _workers_ignore_sigint():
                 client = stack.enter_context(connect(settings.scheduler, settings.workers,
                                                      settings.threads_per_worker))
         except OSError as e:  # TimeoutError included
@@ -181,7 +191,31 @@ def _client(settings):
                 raise UsageError(f"cannot reach the Dask scheduler at {settings.scheduler}: "
                                  f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
             raise
+        page = live.install(client)
+        if page:
+            say(f"pipeline page: {page}")
+        stack.enter_context(reporting(live.LiveSink(client)))
         yield client
+
+
+@contextlib.contextmanager
+def _reporting(args, settings, history: bool = True):
+    """The sinks of a command: the durable load history (commands that load), CloudWatch with --cloudwatch."""
+    from .report.loads import reporting
+
+    with contextlib.ExitStack() as stack:
+        sinks = []
+        if history:
+            from .report.records import RecordSink
+
+            sinks.append(RecordSink(settings))
+            stack.callback(sinks[-1].close)
+        if getattr(args, "cloudwatch", None):
+            from .report.cloudwatch import CloudWatchSink
+
+            sinks.append(stack.enter_context(CloudWatchSink()))  # a bad setting is a usage error, here
+        stack.enter_context(reporting(*sinks))
+        yield
 
 
 @contextlib.contextmanager
@@ -209,6 +243,9 @@ def _writable(settings) -> None:
     open_catalog(settings.warehouse, settings.catalog, create=True)
 
 
+LOADING = {"partition", "join", "update", "run", "demo", "compact"}  # commands whose loads go to the history
+
+
 def _dispatch(args) -> int:
     if args.command == "node":
         from cluster.node import main as node_main
@@ -225,108 +262,163 @@ def _dispatch(args) -> int:
                        changed=args.changed, seed=args.seed)
         emit({"event": "generated", **out})
         return 0
-    settings = _settings(args)
-    if args.command == "partition":
-        if len(args.paths) < 2:
-            raise UsageError("partition needs at least one SOURCE and a TABLE")
-        if args.buckets is not None and args.buckets < 1:
-            raise UsageError("--buckets must be at least 1")
-        from .read.sources import stat
-        from .stages.partition import partition
-
-        for source in args.paths[:-1]:  # a mistyped path fails at once, before a cluster starts
-            stat(source)
-        _writable(settings)
-        with _client(settings) as client:
-            partition(client, settings, args.paths[:-1], args.paths[-1], replace=args.replace, buckets=args.buckets,
-                      append=args.append)
-        return 0
-    if args.command == "stats":
-        from .stages.table_stats import finish_stats, plan_stats, say_stats
-
-        plan = plan_stats(settings, args.table, recount=args.recount)
-        if plan.to_read:  # files without stored figures, or --recount: read them on the cluster
-            with _client(settings) as client:
-                result = finish_stats(plan, client)
-        else:
-            result = finish_stats(plan, None)
-        say_stats(result)
-        if args.json:
-            emit(result)
-        if args.recount and not result["recount_matches"]:
-            say("impressions: recount does not match the table metadata")
-            return 1
-        return 0
-    if args.command in ("join", "update"):
-        from .stages.dimension import as_dimension
-
-        # read once, here: a bad dimension file (missing, no key column, duplicate keys) or a missing source
-        # table fails before a cluster starts
-        dimension = as_dimension(args.dimension, settings)
-        _source_table(settings, args.source_table)
-        if not (args.command == "update" and args.dry_run):
-            _writable(settings)
-    if args.command == "join":
-        from .stages.join import join
-
-        with _client(settings) as client:
-            join(client, settings, dimension, args.source_table, args.table, full=args.full)
-        return 0
-    if args.command == "update":
-        from .stages.update import update
-
-        if args.dry_run:  # a plan from metadata only: no cluster
-            update(None, settings, dimension, args.source_table, args.table, full_snapshot=args.full_snapshot,
-                   dry_run=True)
-            return 0
-        with _client(settings) as client:
-            update(client, settings, dimension, args.source_table, args.table,
-                   full_snapshot=args.full_snapshot, dry_run=args.dry_run)
-        return 0
+    job = None
     if args.command == "run":
-        from .jobfile import base_dir, check_steps, read_job, run_steps
-        from .stages.table_stats import say_stats
+        from .jobfile import read_job
 
         job = read_job(args.job)
         settings = _job_settings(args, job)
-        steps = check_steps(job["steps"], settings, base_dir(args.job))  # the whole job, before anything runs
-        _writable(settings)
+    else:
+        settings = _settings(args)
+    history = args.command in LOADING and not getattr(args, "dry_run", False)
+    with _reporting(args, settings, history=history):
+        return COMMANDS[args.command](args, settings, job)
+
+
+def _partition(args, settings, job=None) -> int:
+    if len(args.paths) < 2:
+        raise UsageError("partition needs at least one SOURCE and a TABLE")
+    if args.buckets is not None and args.buckets < 1:
+        raise UsageError("--buckets must be at least 1")
+    from .read.sources import stat
+    from .stages.partition import partition
+
+    for source in args.paths[:-1]:  # a mistyped path fails at once, before a cluster starts
+        stat(source)
+    _writable(settings)
+    with _client(settings) as client:
+        partition(client, settings, args.paths[:-1], args.paths[-1], replace=args.replace, buckets=args.buckets,
+                  append=args.append)
+    return 0
+
+
+def _stats(args, settings, job=None) -> int:
+    from .stages.table_stats import finish_stats, plan_stats, say_stats
+
+    plan = plan_stats(settings, args.table, recount=args.recount)
+    if plan.to_read:  # files without stored figures, or --recount: read them on the cluster
         with _client(settings) as client:
-            results = run_steps(client, settings, steps)
-        last = results[-1]
-        if "vp_mean" in last and "snapshot_id" in last:
-            say_stats(last)
-        emit(last)
+            result = finish_stats(plan, client)
+    else:
+        result = finish_stats(plan, None)
+    say_stats(result)
+    if args.json:
+        emit(result)
+    if args.recount and not result["recount_matches"]:
+        say("impressions: recount does not match the table metadata")
+        return 1
+    return 0
+
+
+def _dimension_command(args, settings):
+    """A join or update's dimension file, read and checked here, and its source table, before a cluster starts."""
+    from .stages.dimension import as_dimension
+
+    dimension = as_dimension(args.dimension, settings)
+    _source_table(settings, args.source_table)
+    if not getattr(args, "dry_run", False):
+        _writable(settings)
+    return dimension
+
+
+def _join(args, settings, job=None) -> int:
+    from .stages.join import join
+
+    dimension = _dimension_command(args, settings)
+    with _client(settings) as client:
+        join(client, settings, dimension, args.source_table, args.table, full=args.full)
+    return 0
+
+
+def _update(args, settings, job=None) -> int:
+    from .stages.update import update
+
+    dimension = _dimension_command(args, settings)
+    if args.dry_run:  # a plan from metadata only: no cluster
+        update(None, settings, dimension, args.source_table, args.table, full_snapshot=args.full_snapshot,
+               dry_run=True)
         return 0
-    if args.command in ("compact", "expire", "cleanup"):
-        from .config import parse_duration
-        from .stages import maintain
+    with _client(settings) as client:
+        update(client, settings, dimension, args.source_table, args.table, full_snapshot=args.full_snapshot)
+    return 0
 
-        m = settings.maintenance
-        if args.command == "compact":
-            from .config import byte_size
 
-            size = byte_size(args.target_file_size) if args.target_file_size else m.target_file_size
-            if size < 1 << 20:
-                raise UsageError("--target-file-size must be at least 1 MiB")
-            _source_table(settings, args.table)
-            with _client(settings) as client:
-                maintain.compact(client, settings, args.table, size)
+def _run(args, settings, job) -> int:
+    from .jobfile import base_dir, check_steps, run_steps
+    from .stages.table_stats import say_stats, summary
+
+    steps = check_steps(job["steps"], settings, base_dir(args.job))  # the whole job, before anything runs
+    _writable(settings)
+    with _client(settings) as client:
+        results = run_steps(client, settings, steps)
+    last = results[-1]
+    if "vp_mean" in last and "snapshot_id" in last:
+        say_stats(last)
+        last = summary(last)  # the per-file list stays behind `stats --json`
+    emit(last)
+    return 0
+
+
+def _maintenance(args, settings, job=None) -> int:
+    from .config import byte_size, parse_duration
+    from .stages import maintain
+
+    m = settings.maintenance
+    if args.command == "compact":
+        size = byte_size(args.target_file_size) if args.target_file_size else m.target_file_size
+        if size < 1 << 20:
+            raise UsageError("--target-file-size must be at least 1 MiB")
+        _source_table(settings, args.table)
+        with _client(settings) as client:
+            maintain.compact(client, settings, args.table, size)
+        return 0
+    older = parse_duration(args.older_than, "--older-than") if args.older_than else m.older_than
+    if args.command == "expire":
+        retain = args.retain_last if args.retain_last is not None else m.retain_last
+        if retain < 1:
+            raise UsageError("--retain-last must be at least 1")
+        maintain.expire(settings, args.table, older, retain)
+    else:
+        maintain.cleanup(settings, args.table, older, args.delete)
+    return 0
+
+
+def _loads(args, settings, job=None) -> int:
+    from .report.records import history, say_history
+
+    if args.limit < 1:
+        raise UsageError("--limit must be at least 1")
+    records = history(settings, args.table, args.limit)
+    say_history(records)
+    if args.json:
+        emit({"loads": records})
+    return 0
+
+
+def _dashboard(args, settings, job=None) -> int:
+    if args.cloudwatch:
+        from .report.cloudwatch import publish_dashboard
+
+        emit({"event": "cloudwatch_dashboard", **publish_dashboard()})
+        if args.out is None:
             return 0
-        older = parse_duration(args.older_than, "--older-than") if args.older_than else m.older_than
-        if args.command == "expire":
-            retain = args.retain_last if args.retain_last is not None else m.retain_last
-            if retain < 1:
-                raise UsageError("--retain-last must be at least 1")
-            maintain.expire(settings, args.table, older, retain)
-        else:
-            maintain.cleanup(settings, args.table, older, args.delete)
-        return 0
-    if args.command == "demo":
-        from .demo import demo
+    from .report.dashboard import write_dashboard
 
-        return demo(settings, rows=args.rows, data_dir=args.data)
-    raise UsageError(f"unknown command {args.command}")
+    path = write_dashboard(settings, args.out or "impressions-dashboard.html")
+    say(f"dashboard: {path}")
+    emit({"event": "dashboard", "path": path})
+    return 0
+
+
+def _demo(args, settings, job=None) -> int:
+    from .demo import demo
+
+    return demo(settings, rows=args.rows, data_dir=args.data)
+
+
+COMMANDS = {"partition": _partition, "stats": _stats, "join": _join, "update": _update, "run": _run,
+            "compact": _maintenance, "expire": _maintenance, "cleanup": _maintenance, "loads": _loads,
+            "dashboard": _dashboard, "demo": _demo}
 
 
 if __name__ == "__main__":

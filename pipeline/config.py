@@ -57,6 +57,12 @@ class ReadSettings:
 
 
 @dataclass(frozen=True)
+class RecordSettings:
+    heartbeat: float  # seconds between heartbeats of a RUNNING load
+    stale_after: float  # seconds without a heartbeat after which a RUNNING load is ABANDONED
+
+
+@dataclass(frozen=True)
 class MaintenanceSettings:
     target_file_size: int
     older_than: timedelta
@@ -99,6 +105,8 @@ class Settings:
     dimension_date_column: str | None
     dimension_types: dict = field(default_factory=dict)
     maintenance: MaintenanceSettings = MaintenanceSettings(128 << 20, timedelta(days=3), 1)
+    loads_table: str = "loads"
+    records: RecordSettings = RecordSettings(30.0, 300.0)
 
     def with_overrides(self, **kw) -> "Settings":
         return replace(self, **{k: v for k, v in kw.items() if v is not None})
@@ -134,6 +142,11 @@ def load_settings(**overrides) -> Settings:
         dimension_table=str(get("tables.dimension")),
         dimension_date_column=get("dimension.date-column"),
         dimension_types=dict(get("dimension.types") or {}),
+        loads_table=str(get("tables.loads")),
+        records=RecordSettings(
+            heartbeat=parse_duration(get("records.heartbeat"), "impressions.records.heartbeat").total_seconds(),
+            stale_after=parse_duration(get("records.stale-after"), "impressions.records.stale-after").total_seconds(),
+        ),
         maintenance=MaintenanceSettings(
             target_file_size=byte_size(get("maintenance.target-file-size")),
             older_than=parse_duration(get("maintenance.older-than"), "impressions.maintenance.older-than"),
@@ -156,6 +169,8 @@ def validate(s: Settings) -> None:
                          "must be at least 1 KiB")
     if s.read.max_line < 1024:
         raise UsageError("read.max-line must be at least 1 KiB")
+    if not 0 < s.records.heartbeat < s.records.stale_after:
+        raise UsageError("records.heartbeat must be above 0 and below records.stale-after")
     if s.maintenance.target_file_size < 1 << 20 or s.maintenance.retain_last < 1:
         raise UsageError("maintenance.target-file-size must be at least 1 MiB and maintenance.retain-last at least 1")
     codecs = ("zstd", "snappy", "gzip", "lz4", "brotli", "none")

@@ -33,7 +33,7 @@ def demo(settings, rows: int = 3_000_000, data_dir: str = "demo-data") -> int:
     from cluster import connect
 
     from .jobfile import check_steps, run_steps
-    from .stages.table_stats import say_stats
+    from .stages.table_stats import say_stats, summary
 
     files = _inputs(data_dir, rows)
     steps = [
@@ -49,5 +49,9 @@ def demo(settings, rows: int = 3_000_000, data_dir: str = "demo-data") -> int:
     say("")
     say_stats(final)
     say(f"warehouse: {settings.warehouse} (catalog: {settings.catalog or 'sqlite:///' + settings.warehouse + '/catalog.db'})")
-    emit(final)
+    from .report.dashboard import write_dashboard
+
+    path = write_dashboard(settings, os.path.join(settings.warehouse, "dashboard.html"))
+    say(f"dashboard: {path} (open it in a browser; `impressions loads` lists the load history)")
+    emit({**summary(final), "dashboard": path})
     return 0

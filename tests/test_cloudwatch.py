@@ -347,8 +347,6 @@ def test_metric_widgets_use_the_emf_names_and_dimensions():
     assert queries.metric_search("My App", "rows_read", "Sum").startswith("SEARCH('{\"My App\",stage,table} ")
 
 
-@pytest.mark.xfail(strict=True, reason="loads.emf does not list vp_mean as a metric yet (the VP mean widget "
-                                       "needs it); remove this mark when it does")
 def test_vp_mean_is_an_emf_metric():
     assert "vp_mean" in {m["Name"] for m in emf(_final())["_aws"]["CloudWatchMetrics"][0]["Metrics"]}
 

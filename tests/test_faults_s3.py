@@ -357,9 +357,6 @@ def test_persistent_throttling_fails_in_bounded_time(inputs, fault_proxy):
     nothing_written(inputs, w)
 
 
-@pytest.mark.xfail(strict=True, reason="needs `e = translate_error(e)` in pipeline/report/loads.py fail() before "
-                   "the FAILED line: a data file whose upload fails when its stream closes raises pyarrow's own "
-                   "text, which names 'key … in bucket …', not the URL or the action")
 def test_data_file_upload_denied_at_completion(inputs, fault_proxy):
     """The role may start multipart uploads under the warehouse but not complete them (CompleteMultipartUpload
     denied): the data-file writes on the workers fail when their streams close."""

@@ -125,7 +125,7 @@ def build_index(source: Source, warehouse: str, spacing: int) -> GzipIndex:
         exported = io.BytesIO()
         reader.export_index(exported)
     except (ValueError, RuntimeError) as e:
-        raise LoadError(f"{source.url}: corrupt gzip stream ({e})") from None
+        raise LoadError(f"{source.url}: truncated or corrupt gzip stream ({e})") from None
     finally:
         reader.close()
     end_bits = max(offsets) if offsets else 0

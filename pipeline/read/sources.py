@@ -14,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from ..errors import UsageError
-from ..storage import filesystem, full_url, is_remote
+from ..storage import filesystem, full_url, is_remote, translate_error
 
 GZIP_MAGIC = b"\x1f\x8b"
 _HASH_BLOCK = 8 << 20
@@ -50,8 +50,8 @@ def stat(url: str) -> dict:
         info = fs.info(path)
     except FileNotFoundError:
         raise UsageError(f"input not found: {url}") from None
-    except PermissionError:
-        raise UsageError(f"input not readable (permission denied): {url}") from None
+    except PermissionError as e:
+        raise UsageError(str(translate_error(e, url, "read"))) from None
     if info.get("type") == "directory":
         raise UsageError(f"input is a directory, not a file: {url}")
     return info

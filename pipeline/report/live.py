@@ -186,6 +186,20 @@ def publish(client, event: dict) -> None:
             sys.stderr.write(f"impressions: warning: live status not sent ({type(e).__name__}: {e})\n")
 
 
+class LiveSink:
+    """A reporting sink (loads.reporting): status lines and progress of this client's loads, to the page."""
+
+    def __init__(self, client):
+        self.client, self.current = client, None
+
+    def send(self, line: dict) -> None:
+        if line.get("event") == "load_status":
+            self.current = {k: line.get(k) for k in ("load_id", "stage", "table")}
+            publish(self.client, line)
+        elif line.get("event") == "progress" and self.current:
+            publish(self.client, {**self.current, **{k: v for k, v in line.items() if k != "event"}})
+
+
 PAGE_HTML = """<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>impressions: loads</title>
 <style>

@@ -22,6 +22,12 @@ import time
 UNITS = ("tasks", "bytes")
 
 
+def _to_sinks(p: dict) -> None:
+    from .loads import notify
+
+    notify({"event": "progress", **p})
+
+
 def _gb(n: float) -> str:
     return f"{n / 1e9:.2f} GB"
 
@@ -42,7 +48,9 @@ class Progress:
         self.last_decile = -1
         self.closed = False
         self._bar = self._task = None
-        self.listener, self.every, self._notified = listener, every, float("-inf")
+        # by default the reporting sinks hear of it (the live Dask page follows every stage that way)
+        self.listener = listener if listener is not None else _to_sinks
+        self.every, self._notified = every, float("-inf")
         if self.tty:
             self._start_bar()
         self._notify(force=True)

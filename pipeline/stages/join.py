@@ -18,7 +18,7 @@ from distributed import Client, as_completed
 
 from ..errors import LoadError, UsageError
 from ..report import stats
-from ..report.loads import FAILURES, Load, fail, load_id, say
+from ..report.loads import FAILURES, Load, fail, load_id, report_files, say
 from ..report.progress import Progress
 from ..schema import COLUMNS
 from ..table.bucket import bucket_of
@@ -190,6 +190,7 @@ def join(client: Client, settings, dimension: str | Dimension, source_arg: str, 
         commit(target, plan)
     except FAILURES as e:  # report, then let the CLI map it to an exit code
         fail(load, e)
+    report_files(load, [r.data_file for r in records])
     rows_read = sum(r["rows_read"] for r in results)
     written = sum(r.data_file.record_count for r in records)
     summary = stats.summary(stats.tree_reduce([r.moments for r in records]))

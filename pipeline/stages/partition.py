@@ -24,7 +24,7 @@ from ..read.parse import parse_block
 from ..read.ranges import ByteRange, LongLine, open_range, owned_blocks, plan_indexed, plan_plain
 from ..read.sources import Source, describe_all, is_gzip
 from ..report import stats
-from ..report.loads import FAILURES, Load, fail, load_id, say
+from ..report.loads import FAILURES, Load, fail, load_id, report_files, say
 from ..report.progress import Progress
 from ..storage import filesystem
 from ..table.catalog import create_or_load, open_catalog, qualified, table_name, table_properties
@@ -232,6 +232,7 @@ def _run(client, settings, table, qtable, plan: Plan, load: Load) -> dict:
         return load.finish("SKIPPED", rows_read=rows_read, rows_written=0, rows_quarantined=quarantined,
                            quarantine=dict(sorted(quarantine.items())), files_written=0, bytes_written=0,
                            reason="a concurrent load committed the same source(s) first")
+    report_files(load, [f.data_file for f in files])
     moments = stats.tree_reduce([f.moments for f in files])
     summary = stats.summary(moments)
     return load.finish(

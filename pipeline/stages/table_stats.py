@@ -23,6 +23,12 @@ from ..table.write import WriteTarget
 FILES_PER_TASK = 64
 
 
+def summary(r: dict) -> dict:
+    """The stats object without its per-file list (what `run` and `demo` print; `stats --json` has it all)."""
+    return {**{k: v for k, v in r.items() if k != "files"}, "files": len(r["files"]),
+            "bytes": sum(f.get("bytes", 0) for f in r["files"])}
+
+
 def say_stats(r: dict) -> None:
     """The result of `table_stats` for people, on stderr."""
     say(f"{r['table']} @ snapshot {r['snapshot_id']}: {r['rows']:,} rows in {len(r['files'])} files")
@@ -49,7 +55,8 @@ def plan_stats(settings, table_arg: str, recount: bool = False) -> StatsPlan:
     tasks = list(table.scan().plan_files()) if table.current_snapshot() else []
     if any(t.delete_files for t in tasks):
         raise LoadError(f"{qualified(ident)} has row-level delete files; rewrite it before computing stats")
-    files = [{"path": t.file.file_path, "rows": t.file.record_count} for t in tasks]
+    files = [{"path": t.file.file_path, "rows": t.file.record_count, "bytes": t.file.file_size_in_bytes}
+             for t in tasks]
     known, to_read = _stored_moments(table.properties, files) if not recount else ([], [f["path"] for f in files])
     return StatsPlan(table, ident, files, known, to_read, recount)
 

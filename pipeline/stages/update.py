@@ -23,7 +23,7 @@ from distributed import Client
 
 from ..errors import LoadError, UsageError
 from ..report import stats
-from ..report.loads import FAILURES, Load, fail, emit, load_id, say
+from ..report.loads import FAILURES, Load, emit, fail, load_id, report_files, say
 from ..storage import filesystem, is_remote
 from ..table.bucket import bucket_array
 from ..table.catalog import create_or_load, load_table, open_catalog, qualified, table_name, table_properties
@@ -137,7 +137,7 @@ def _update_once(client, settings, new_rows: Dimension, source_arg, table_arg, f
 
     load.status("RUNNING", **{k: plan[k] for k in ("changed_keys", "affected_partitions", "files_rewritten")})
     try:
-        record = _rewrite(client, catalog, settings, source, dst_ident, in_place, merged, hit, keep, lid, base_id)
+        record = _rewrite(client, catalog, settings, source, dst_ident, in_place, merged, hit, keep, load, base_id)
     except Replan:
         raise
     except FAILURES as e:  # report, then let the CLI map it to an exit code
@@ -145,7 +145,8 @@ def _update_once(client, settings, new_rows: Dimension, source_arg, table_arg, f
     return load.finish("SUCCEEDED", **record, **plan)
 
 
-def _rewrite(client, catalog, settings, source, dst_ident, in_place, merged, hit, keep, lid, base_id) -> dict:
+def _rewrite(client, catalog, settings, source, dst_ident, in_place, merged, hit, keep, load, base_id) -> dict:
+    lid = load.load_id
     # The new version is stored once per content (a re-plan or rerun finds it); the table refers to it only
     # from the commit below, so a failed commit leaves the table on the old version and a rerun diffs again.
     dim_snapshot = store(catalog, dst_ident[0], settings, merged, lid, "dimension")
@@ -191,6 +192,7 @@ def _rewrite(client, catalog, settings, source, dst_ident, in_place, merged, hit
                       snapshot_properties=snap)
 
     commit(target, plan)
+    report_files(load, [r.data_file for r in records])
     summary = stats.summary(stats.tree_reduce([r.moments for r in records]))
     return {"rows_read": sum(r["rows_read"] for r in results),
             "rows_written": sum(r.data_file.record_count for r in records),

@@ -11,7 +11,7 @@ from pyiceberg.schema import Schema
 from pyiceberg.table import Table
 
 from ..errors import UsageError
-from ..storage import iceberg_io_properties, is_remote
+from ..storage import glue_properties, iceberg_io_properties, is_remote
 
 CATALOG_NAME = "impressions"
 TABLE_PROPERTIES = {
@@ -69,7 +69,7 @@ def open_catalog(warehouse: str, catalog: str | None, create: bool = True) -> Ca
         endpoint = os.environ.get("AWS_ENDPOINT_URL_GLUE") or os.environ.get("AWS_ENDPOINT_URL")
         if endpoint:
             props["glue.endpoint"] = endpoint
-        return GlueCatalog(CATALOG_NAME, **props)
+        return GlueCatalog(CATALOG_NAME, **props, **glue_properties())
     if "://" not in catalog:
         raise UsageError(f"--catalog must be a SQLAlchemy URI (sqlite:///..., postgresql://...) or 'glue', got {catalog!r}")
     if catalog.startswith("sqlite:///") and not create and not os.path.exists(catalog[len("sqlite:///"):]):
