@@ -65,6 +65,7 @@ PEER_PACKAGES = {
     "daft": ["daft", "pyiceberg[sql-sqlite]"],
     "polars": ["polars", "mmh3"],
     "dask": ["dask[dataframe]", "pyarrow", "mmh3"],
+    "tools": ["py-spy"],  # bench/profile.py, not a peer
 }
 PEER_SCRIPT = {"duckdb": "duckdb_copy.py", "daft": "daft_iceberg.py", "polars": "polars_parquet.py",
                "dask": "dask_parquet.py"}
@@ -540,6 +541,8 @@ def parse_args(argv=None):
     ap.add_argument("--out", default=env_default("BENCH_OUT", ""),
                     help="results directory (BENCH_OUT; bench/results for a full default run, bench/results/quick "
                          "for --quick, bench/results/partial otherwise)")
+    ap.add_argument("--report-only", metavar="RUNS_JSON",
+                    help="rewrite the results and RESULTS.md from a saved bench/data/logs/runs-*.json, run nothing")
     a = ap.parse_args(argv)
     full_default = not (a.quick or a.only or a.rows or a.rounds or a.shapes != "daily,backfill")
     a.rows = a.rows or (QUICK_ROWS if a.quick else DEFAULT_ROWS)
@@ -564,6 +567,12 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.report_only:
+        saved = json.loads(Path(args.report_only).read_text())
+        out = Path(args.out) if os.environ.get("BENCH_OUT") or "--out" in (argv or sys.argv) else Path(saved["out"])
+        for p in report.write(out, saved["header"], saved["runs"], saved["failures"]):
+            say(f"wrote {p}")
+        return 0
     if not IMPRESSIONS.exists():
         raise SystemExit("the project's venv is missing: run `make install` (make bench does)")
     started = dt.datetime.now().astimezone()
@@ -586,6 +595,10 @@ def main(argv=None) -> int:
                    "full_default": args.full_default},
         "inputs": bench.inputs,
     }
+    raw = DATA / "logs" / f"runs-{started:%Y%m%d-%H%M%S}.json"  # kept even if the report fails
+    raw.write_text(json.dumps({"out": str(args.out), "header": header, "runs": bench.runs,
+                               "failures": bench.failures}, indent=1, default=str))
+    say(f"raw runs: {raw.relative_to(REPO)} (bench/bench.py --report-only FILE rewrites the report from it)")
     written = report.write(args.out, header, bench.runs, bench.failures)
     say("\n" + "\n".join(f"wrote {p.relative_to(REPO) if p.is_relative_to(REPO) else p}" for p in written))
     bad = [r for r in bench.runs if not r.get("check_ok", True)]

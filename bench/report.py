@@ -217,6 +217,21 @@ LABEL = {
 }
 
 
+def update_what(p: str, m: dict) -> str:
+    mb = lambda v: "—" if v is None else f"{v / 1e6:,.1f}"
+    n = lambda v: "—" if v is None else f"{v:,.0f}"
+    if p == "join":
+        return f"{mb(m['bytes_written'])} MB written, {n(m['files_written'])} files"
+    if p == "update --dry-run":
+        return (f"plan: {n(m['changed_keys'])} keys, {n(m['affected_partitions'])} partitions, "
+                f"{n(m['files_rewritten'])} files, {mb(m['bytes_rewritten'])} of {mb(m['bytes_total'])} MB")
+    if p == "update":
+        return (f"{n(m['files_rewritten'])} files / {mb(m['bytes_rewritten'])} MB replaced by "
+                f"{mb(m['added_files_size'])} MB; the changed campaigns' buckets hold {mb(m['affected_bytes'])} MB "
+                f"in {n(m['affected_files'])} files")
+    return ""
+
+
 def markdown(header, runs, failures, a, out: Path) -> str:
     h, cfg, mach = header, header["config"], header["machine"]
     disturbed = sum(bool(r.get("disturbed")) for r in runs)
@@ -316,16 +331,7 @@ def markdown(header, runs, failures, a, out: Path) -> str:
         rows = []
         for shape, steps in a["update"].items():
             for p, m in steps.items():
-                what = {"join": f"{f1(m['bytes_written'] / 1e6 if m['bytes_written'] else None)} MB written, "
-                                f"{m['files_written']:,.0f} files",
-                        "update --dry-run": f"plan: {m['changed_keys']:.0f} keys, {m['affected_partitions']:.0f} "
-                                            f"partitions, {m['files_rewritten']:.0f} files, "
-                                            f"{m['bytes_rewritten'] / 1e6:,.1f} of {m['bytes_total'] / 1e6:,.1f} MB",
-                        "update": f"{m['files_rewritten']:.0f} files / {m['bytes_rewritten'] / 1e6:,.1f} MB replaced "
-                                  f"by {m['added_files_size'] / 1e6:,.1f} MB; affected buckets hold "
-                                  f"{m['affected_bytes'] / 1e6:,.1f} MB in {m['affected_files']:.0f} files"
-                        if m.get("affected_bytes") is not None else "",
-                        }.get(p, "")
+                what = update_what(p, m)
                 rows.append([shape, f"`{p}`", f1(m["wall"]), f1(m["cpu"]), f1(m["load_seconds"]),
                              f2(ratio(m["wall"], steps["join"]["wall"]) if "join" in steps else None, "×"), what,
                              "ok" if m["check_ok"] else "**FAILED**"])
