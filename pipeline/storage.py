@@ -322,7 +322,8 @@ _IAM_ACTION = {
     "GetBucketLocation": "s3:GetBucketLocation",
 }
 _ACTION_HINTS = {"read": "s3:GetObject", "write": "s3:PutObject", "list": "s3:ListBucket",
-                 "delete": "s3:DeleteObject", "copy": "s3:PutObject (and s3:GetObject on the source)"}
+                 "delete": "s3:DeleteObject", "copy": "s3:PutObject (and s3:GetObject on the source)",
+                 "tag": "s3:GetBucketTagging and s3:PutBucketTagging"}
 _BUCKET_ACTIONS = {"s3:ListBucket", "s3:ListBucketVersions", "s3:ListBucketMultipartUploads", "s3:GetBucketTagging",
                    "s3:PutBucketTagging", "s3:GetBucketLocation"}
 
@@ -565,3 +566,65 @@ def retry(fn, *args, url: str, action: str | None = None, sleep=time.sleep, rand
                 raise translated from e
             sleep(p.backoff(attempt, rand))
     raise AssertionError("unreachable")  # pragma: no cover
+
+
+# ---------------------------------------------------------------------------------------- object metadata, tags
+
+def _split(url: str) -> tuple[str, str]:
+    bucket, _, key = url.split("://", 1)[1].partition("/")
+    return bucket, key
+
+
+def upload(url: str, data: bytes, metadata: dict[str, str]) -> None:
+    """Write an object with user metadata (x-amz-meta-*) set as it is created: pyarrow's and s3fs's streams
+    drop user metadata, so the bytes go up in one boto3 transfer (multipart when large, retried per part)."""
+    import io
+
+    bucket, key = _split(url)
+    with s3_errors(url, "write"):
+        boto_client("s3").upload_fileobj(io.BytesIO(data), bucket, key,
+                                         ExtraArgs={"Metadata": {k: str(v) for k, v in metadata.items()}})
+
+
+def object_metadata(url: str) -> dict[str, str]:
+    """An object's user metadata (without the x-amz-meta- prefix)."""
+    bucket, key = _split(url)
+    with s3_errors(url, "read"):
+        return dict(boto_client("s3").head_object(Bucket=bucket, Key=key).get("Metadata") or {})
+
+
+BUCKET_TAG_LIMIT = 50
+
+
+def set_bucket_tags(url: str, tags: dict[str, str]) -> bool:
+    """Set (add or change) tags on the bucket of `url`, keeping its other tags. Returns False, changing
+    nothing, when the bucket would pass S3's limit of 50 tags."""
+    bucket, _ = _split(url)
+    client = boto_client("s3")
+    with s3_errors(f"s3://{bucket}", "tag"):
+        try:
+            current = {t["Key"]: t["Value"] for t in client.get_bucket_tagging(Bucket=bucket)["TagSet"]}
+        except client.exceptions.ClientError as e:
+            if e.response.get("Error", {}).get("Code") != "NoSuchTagSet":
+                raise
+            current = {}
+        merged = {**current, **{k: str(v)[:256] for k, v in tags.items()}}
+        if merged == current:
+            return True
+        if len(merged) > BUCKET_TAG_LIMIT:
+            return False
+        client.put_bucket_tagging(Bucket=bucket, Tagging={"TagSet": [{"Key": k, "Value": v}
+                                                                     for k, v in sorted(merged.items())]})
+    return True
+
+
+def bucket_tags(url: str) -> dict[str, str]:
+    bucket, _ = _split(url)
+    client = boto_client("s3")
+    with s3_errors(f"s3://{bucket}", "read"):
+        try:
+            return {t["Key"]: t["Value"] for t in client.get_bucket_tagging(Bucket=bucket)["TagSet"]}
+        except client.exceptions.ClientError as e:
+            if e.response.get("Error", {}).get("Code") == "NoSuchTagSet":
+                return {}
+            raise

@@ -16,7 +16,7 @@ from ..errors import LoadError
 from ..report import stats
 from ..report.loads import say
 from ..table.catalog import load_table, open_catalog, qualified, table_name
-from ..table.files import files_moments
+from ..table.files import audit_files, files_moments
 from ..table.lineage import fingerprint_of, lineage
 from ..table.write import WriteTarget
 
@@ -63,8 +63,8 @@ def plan_stats(settings, table_arg: str, recount: bool = False) -> StatsPlan:
 
 def finish_stats(plan: StatsPlan, client: Client | None, split_every: int = 8) -> dict:
     """Read what must be read (on the cluster when there is one), merge, and build the `stats --json` object."""
-    read = _read_on_cluster(client, plan.table, plan.to_read, from_footer=not plan.recount) if plan.to_read else []
-    parts = plan.known + [m for _, _, m in read]
+    read = _read_on_cluster(client, plan.table, plan.to_read, plan.recount) if plan.to_read else []
+    parts = plan.known + [r[2] for r in read]
     moments = stats.tree_reduce(parts, split_every) if parts else stats.Moments.empty()
     snapshot = plan.table.current_snapshot()
     result = {"table": qualified(plan.ident), "snapshot_id": snapshot.snapshot_id if snapshot else None,
@@ -72,9 +72,13 @@ def finish_stats(plan: StatsPlan, client: Client | None, split_every: int = 8) -
     summary = stats.summary(moments)
     result.update({k: summary[k] for k in ("vp_mean", "vp_std", "vp_std_sample", "vp_min", "vp_max")})
     if plan.recount:
-        counted = sum(rows for _, rows, _ in read)
+        counted = sum(r[1] for r in read)
+        manifest = {f["path"]: f["rows"] for f in plan.files}
+        disagree = [{"path": p, "rows": rows, "manifest_rows": manifest[p], "metadata_rows": meta}
+                    for p, rows, _, meta in read if rows != manifest[p] or (meta is not None and meta != rows)]
         result["recount_rows"] = counted
-        result["recount_matches"] = counted == result["rows"] and moments.n == counted
+        result["files_disagreeing"] = disagree
+        result["recount_matches"] = counted == result["rows"] and moments.n == counted and not disagree
     return result
 
 
@@ -98,11 +102,13 @@ def _stored_moments(properties: dict, files: list[dict]) -> tuple[list, list[str
     return known, to_read
 
 
-def _read_on_cluster(client, table, paths: list[str], from_footer: bool) -> list:
+def _read_on_cluster(client, table, paths: list[str], audit: bool) -> list:
+    """(path, rows, moments[, metadata rows]) per file, many files per task (on the cluster when there is one)."""
     target = WriteTarget.of(table)
     batches = [paths[i:i + FILES_PER_TASK] for i in range(0, len(paths), FILES_PER_TASK)]
+    fn = audit_files if audit else files_moments
     if client is None:
-        return [r for b in batches for r in files_moments(target, b, from_footer)]
+        return [r for b in batches for r in fn(target, b)]
     target_f = client.scatter(target, broadcast=True, hash=False)  # once per worker, not once per task
-    futures = client.map(files_moments, [target_f] * len(batches), batches, [from_footer] * len(batches), pure=False)
+    futures = client.map(fn, [target_f] * len(batches), batches, pure=False)
     return [r for batch in client.gather(futures) for r in batch]

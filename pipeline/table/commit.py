@@ -76,12 +76,15 @@ def commit(table: Table, plan: Callable[[Table], Change | None], attempts: int =
         if change is None:
             return None
         try:
-            return apply(table, change)
+            committed = apply(table, change)
         except CONFLICTS as e:
             if on_conflict:
                 on_conflict(e, attempt)
             time.sleep(min(2.0, 0.05 * 2 ** attempt) * random.uniform(0.5, 1.0))
             table = table.refresh()
+            continue
+        tag_total_rows(committed)
+        return committed
     raise ConcurrentCommit(f"could not commit to {'.'.join(table.name())} after {attempts} attempts: "
                            "other writers kept committing first; nothing was committed")
 
@@ -96,3 +99,22 @@ def without_auto_retry(table: Table) -> Table:
         return tx.commit_transaction()
     except CONFLICTS:
         return table.refresh()
+
+
+def tag_total_rows(table: Table) -> None:
+    """In an s3:// warehouse the bucket's tags carry each table's total rows (`impressions:<table>:rows`), set
+    after each commit. A monitoring aid: a failure (or S3's 50-tag limit) is a warning, never a failed commit."""
+    location = table.metadata.location
+    if not location.startswith(("s3://", "s3a://")):
+        return
+    from ..report.loads import say
+    from ..storage import set_bucket_tags
+
+    snapshot = table.current_snapshot()
+    total = (snapshot.summary.additional_properties or {}).get("total-records", "0") if snapshot else "0"
+    key = f"impressions:{'.'.join(table.name())}:rows"
+    try:
+        if not set_bucket_tags(location, {key: total}):
+            say(f"warning: the bucket of {location} has 50 tags already; {key} not set")
+    except Exception as e:  # noqa: BLE001 - tags are a monitoring aid
+        say(f"warning: could not tag the bucket of {location} ({type(e).__name__}: {e})")

@@ -6,6 +6,7 @@ import json
 import pyarrow.parquet as pq
 
 from ..report.stats import Moments, chunk
+from ..storage import object_metadata
 from .lineage import FOOTER_MOMENTS
 from .write import WriteTarget
 
@@ -25,3 +26,16 @@ def file_moments(target: WriteTarget, path: str, from_footer: bool = True) -> tu
 def files_moments(target: WriteTarget, paths: list[str], from_footer: bool = True) -> list[tuple[str, int, Moments]]:
     """Several files in one task: per-file figures are small, the task overhead is not."""
     return [(p, *file_moments(target, p, from_footer)) for p in paths]
+
+
+def metadata_rows(path: str) -> int | None:
+    """The row count an S3 data file carries in its object metadata (None: not on S3, or not written by us)."""
+    if not path.startswith(("s3://", "s3a://")):
+        return None
+    rows = object_metadata(path).get("rows")
+    return int(rows) if rows is not None else None
+
+
+def audit_files(target: WriteTarget, paths: list[str]) -> list[tuple[str, int, Moments, int | None]]:
+    """`stats --recount`: every file's rows and moments from its data, and the row count its metadata claims."""
+    return [(p, *file_moments(target, p, from_footer=False), metadata_rows(p)) for p in paths]

@@ -24,6 +24,7 @@ from pyiceberg.table.metadata import TableMetadata
 from pyiceberg.typedef import Record
 
 from ..report import stats
+from ..storage import is_remote, upload
 from .lineage import FOOTER_MOMENTS, FOOTER_SOURCE, file_name
 
 
@@ -96,19 +97,33 @@ def write_data_files(target: WriteTarget, groups: list[tuple[tuple, str, pa.Tabl
         table = _conform(rows, arrow_schema)
         moments = stats.chunk(table["viewing_percentage"]) if "viewing_percentage" in table.column_names \
             else stats.Moments.empty()
-        out = io.new_output(path)
-        with out.create(overwrite=True) as stream:
+        def write(stream):
             # store_schema=False: no Arrow schema in the file, so dictionary-encoded string columns (written
             # as they are, without decoding and re-encoding) read back as plain strings in every engine
-            writer = pq.ParquetWriter(stream, schema=table.schema, store_schema=False, **options)
-            writer.write_table(table, row_group_size=row_group)
-            writer.add_key_value_metadata({FOOTER_MOMENTS: json.dumps(moments.to_dict()), FOOTER_SOURCE: source})
-            writer.close()
+            w = pq.ParquetWriter(stream, schema=table.schema, store_schema=False, **options)
+            w.write_table(table, row_group_size=row_group)
+            w.add_key_value_metadata({FOOTER_MOMENTS: json.dumps(moments.to_dict()), FOOTER_SOURCE: source})
+            w.close()
+            return w
+
+        if is_remote(path):
+            # on S3 the row count and moments also go into the object's metadata (x-amz-meta-*), set as it is
+            # created: an audit reads them with a HEAD, without opening the file
+            buffer = pa.BufferOutputStream()
+            writer = write(buffer)
+            data = buffer.getvalue()
+            upload(path, data.to_pybytes(), object_metadata_of(table.num_rows, moments))
+            size = data.size
+        else:
+            out = io.new_output(path)
+            with out.create(overwrite=True) as stream:
+                writer = write(stream)
+            size = len(out)
         statistics = data_file_statistics_from_parquet_metadata(
             parquet_metadata=writer.writer.metadata, stats_columns=plan, parquet_column_mapping=mapping)
         data_file = DataFile.from_args(
             content=DataFileContent.DATA, file_path=path, file_format=FileFormat.PARQUET,
-            partition=key.partition if key else Record(), file_size_in_bytes=len(out), sort_order_id=None,
+            partition=key.partition if key else Record(), file_size_in_bytes=size, sort_order_id=None,
             spec_id=metadata.default_spec_id, equality_ids=None, key_metadata=None,
             **statistics.to_serialized_dict(),
         )
@@ -121,6 +136,11 @@ def write_data_files(target: WriteTarget, groups: list[tuple[tuple, str, pa.Tabl
 
 
 LEVELLED = {"zstd", "gzip", "brotli"}
+
+
+def object_metadata_of(rows: int, moments: stats.Moments) -> dict[str, str]:
+    """The user metadata of a data file on S3: its row count, and its viewing_percentage count, mean and M2."""
+    return {"rows": str(rows), "vp-n": str(moments.n), "vp-mean": repr(moments.mean), "vp-m2": repr(moments.m2)}
 
 
 def parquet_options(properties: dict) -> dict:
