@@ -87,18 +87,52 @@ def env_default(name: str, default):
 
 # ------------------------------------------------------------------ setup: versions, venvs, inputs
 
-def code_version() -> dict:
-    """The commit, whether pipeline/ or cluster/ differ from it, and a hash of their sources as they are on disk
-    (the install is editable: edits made during a bench change what later runs execute)."""
-    digest = hashlib.sha256()
-    for path in sorted([*(REPO / "pipeline").rglob("*.py"), *(REPO / "pipeline").rglob("*.yaml"),
-                        *(REPO / "cluster").rglob("*.py")]):
-        digest.update(path.relative_to(REPO).as_posix().encode() + b"\0" + path.read_bytes())
+LAUNCHER = """import sys
+from pipeline.cli import main
+if __name__ == '__main__':
+    sys.exit(main())
+"""
+
+
+def code_snapshot(mode: str, dest: Path) -> dict:
+    """A private copy of pipeline/ and cluster/ that every impressions run of this bench executes, so edits made
+    to the tree meanwhile (the install is editable) cannot change what is measured halfway. mode "head": the
+    committed sources (git archive HEAD); "worktree": the files as they are now, uncommitted edits included.
+    Runs get PYTHONPATH=dest (ahead of the editable install's finder) and a launcher shaped like the `impressions`
+    console script, so Dask's spawned workers start exactly as they do under the real CLI. Bytecode is cached in
+    the copy (PYTHONDONTWRITEBYTECODE is dropped for these runs), as it is for an installed package."""
+    import io
+    import tarfile
+
+    shutil.rmtree(dest, ignore_errors=True)
+    dest.mkdir(parents=True)
     git = lambda *a: subprocess.run(["git", "-C", str(REPO), *a], capture_output=True, text=True).stdout.strip()
     commit = git("rev-parse", "HEAD") or "no-git"
-    dirty = bool(git("status", "--porcelain", "--", "pipeline", "cluster"))
-    return {"commit": commit, "pipeline_dirty": dirty, "src_hash": digest.hexdigest()[:12],
-            "label": f"{commit[:7]}{'+dirty' if dirty else ''}+src:{digest.hexdigest()[:10]}"}
+    if mode == "head":
+        archive = subprocess.run(["git", "-C", str(REPO), "archive", "HEAD", "pipeline", "cluster"],
+                                 capture_output=True, check=True).stdout
+        with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+            tar.extractall(dest, filter="data")
+    else:
+        for d in ("pipeline", "cluster"):
+            shutil.copytree(REPO / d, dest / d, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    (dest / "impressions").write_text(LAUNCHER)
+    digest = hashlib.sha256()
+    for path in sorted(p for p in dest.rglob("*") if p.is_file() and p.suffix in (".py", ".yaml")):
+        digest.update(path.relative_to(dest).as_posix().encode() + b"\0" + path.read_bytes())
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    env["PYTHONPATH"] = str(dest) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    probe = dest / "_where.py"  # run as a script, like the launcher: sys.path[0] is the copy, never the cwd
+    probe.write_text("import pipeline.cli, cluster\nprint(pipeline.cli.__file__)\n")
+    where = subprocess.run([str(PROJECT_PY), str(probe)], env=env, cwd="/", capture_output=True, text=True,
+                           check=True).stdout.strip()
+    probe.unlink()
+    if not Path(where).is_relative_to(dest):
+        raise SystemExit(f"the code snapshot is not what runs: pipeline.cli comes from {where}")
+    dirty = mode == "worktree" and bool(git("status", "--porcelain", "--", "pipeline", "cluster"))
+    label = f"{commit[:7]}{'+uncommitted' if dirty else ''}+src:{digest.hexdigest()[:10]}"
+    return {"mode": mode, "commit": commit, "uncommitted_edits": dirty, "src_hash": digest.hexdigest()[:12],
+            "label": label, "cmd": [str(PROJECT_PY), str(dest / "impressions")], "env": env}
 
 
 def project_versions() -> dict:
@@ -145,7 +179,7 @@ def peer_python(peer: str, upgrade: bool) -> tuple[Path, dict]:
     return python, pins
 
 
-def input_file(shape: str, rows: int) -> dict:
+def input_file(shape: str, rows: int, code: dict) -> dict:
     """bench/data/<shape>-<rows>/: the impressions file and the two dimension files, generated once by
     `impressions generate`, described by meta.json (sizes and the reference row count and moments)."""
     outdir = DATA / f"{shape}-{rows}"
@@ -157,8 +191,8 @@ def input_file(shape: str, rows: int) -> dict:
     say(f"generating {rows:,} rows over {SHAPE_DAYS[shape]} dates into {outdir.relative_to(REPO)} ...")
     shutil.rmtree(outdir, ignore_errors=True)
     t0 = time.perf_counter()
-    subprocess.run([str(IMPRESSIONS), "generate", str(outdir), "--rows", str(rows), "--days",
-                    str(SHAPE_DAYS[shape])], check=True, stdout=subprocess.DEVNULL)
+    subprocess.run([*code["cmd"], "generate", str(outdir), "--rows", str(rows), "--days", str(SHAPE_DAYS[shape])],
+                   check=True, stdout=subprocess.DEVNULL, env=code["env"])
     generated = time.perf_counter() - t0
     ref = check("reference", str(path))
     if ref["rows"] != rows:
@@ -209,7 +243,8 @@ class Bench:
         self.logs = DATA / "logs"
         self.logs.mkdir(parents=True, exist_ok=True)
         self.scratch = Path(tempfile.mkdtemp(prefix="scratch-", dir=DATA))
-        self.code0 = code_version()
+        self.code = code_snapshot(args.code, self.scratch / "code")
+        self.imp, self.env = self.code["cmd"], self.code["env"]
 
     # ---- one measured run, repeated while other programs disturb it
     def measured(self, *, experiment: str, shape: str, peer: str, rnd: int, fn, retry: bool = True) -> dict | None:
@@ -267,12 +302,10 @@ class Bench:
     def impressions(self, log: Path, shape: str, warehouse: Path, workers: int, keep: bool = False,
                     src: str | None = None, big: bool = False) -> dict:
         src = src or str(REPO / self.inputs[shape]["path"])
-        code = code_version()["label"]
-        r = measure.measure([str(IMPRESSIONS), "--warehouse", str(warehouse), "--workers", str(workers),
-                             "partition", src, TABLE], log, timeout=self.args.timeout)
+        r = measure.measure([*self.imp, "--warehouse", str(warehouse), "--workers", str(workers),
+                             "partition", src, TABLE], log, env=self.env, timeout=self.args.timeout)
         status = final_status(r["stdout"], "partition")
-        r.update(code=code if code == code_version()["label"] else f"{code} (changed during the run)",
-                 workers=workers, load_seconds=status["seconds"], files_reported=status["files_written"],
+        r.update(code=self.code["label"], workers=workers, load_seconds=status["seconds"], files_reported=status["files_written"],
                  bytes_reported=status["bytes_written"], rows_reported=status["rows_written"],
                  rows_quarantined=status["rows_quarantined"], read_tasks=status.get("read_tasks"))
         got = check("iceberg", str(warehouse), "impressions", "impressions.fact_partitioned")
@@ -286,8 +319,9 @@ class Bench:
         warm = self.scratch / f"warm-{shape}"
         say(f"  seeding the gzip index for warm runs ({shape}) ...")
         log = self.logs / f"seed-{shape}"
-        r = measure.measure([str(IMPRESSIONS), "--warehouse", str(warm), "--workers", "2", "partition",
-                             str(REPO / self.inputs[shape]["path"]), TABLE], log, timeout=self.args.timeout)
+        r = measure.measure([*self.imp, "--warehouse", str(warm), "--workers", "2", "partition",
+                             str(REPO / self.inputs[shape]["path"]), TABLE], log, env=self.env,
+                            timeout=self.args.timeout)
         final_status(r["stdout"], "partition")
         empty_keeping_index(warm)
         return warm
@@ -296,12 +330,13 @@ class Bench:
         """join -> update --dry-run -> update (in place) -> stats -> stats --recount on a fresh cold load."""
         inp = self.inputs[shape]
         d = REPO / Path(inp["path"]).parent
-        base = [str(IMPRESSIONS), "--warehouse", str(warehouse), "--workers", "2"]
+        base = [*self.imp, "--warehouse", str(warehouse), "--workers", "2"]
+        env = self.env
         timeout = self.args.timeout
 
         def join(log):
             r = measure.measure([*base, "join", str(d / "campaigns.csv.gz"), TABLE, "FACT_JOINED"], log,
-                                timeout=timeout)
+                                env=env, timeout=timeout)
             s = final_status(r["stdout"], "join")
             r.update(files_written=s["files_written"], bytes_written=s["bytes_written"],
                      load_seconds=s["seconds"], orphans=s.get("orphans"))
@@ -316,7 +351,8 @@ class Bench:
 
         def dry_run(log):
             r = measure.measure([*base, "update", str(d / "campaigns_updated.csv.gz"), "FACT_JOINED",
-                                 "FACT_JOINED", "--dry-run"], log, timeout=timeout)
+                                 "FACT_JOINED", "--dry-run"], log, env=env,
+                                timeout=timeout)
             plan = next(json.loads(x) for x in r["stdout"].splitlines()
                         if x.startswith("{") and json.loads(x).get("event") == "update_plan")
             r.update({k: plan[k] for k in ("changed_keys", "affected_partitions", "files_rewritten",
@@ -328,7 +364,7 @@ class Bench:
 
         def update(log):
             r = measure.measure([*base, "update", str(d / "campaigns_updated.csv.gz"), "FACT_JOINED",
-                                 "FACT_JOINED"], log, timeout=timeout)
+                                 "FACT_JOINED"], log, env=env, timeout=timeout)
             s = final_status(r["stdout"], "update")
             r.update({k: s.get(k) for k in ("changed_keys", "affected_partitions", "files_rewritten",
                                             "bytes_rewritten", "bytes_total", "files_written", "bytes_written")})
@@ -347,7 +383,8 @@ class Bench:
 
         for peer, extra in (("stats", []), ("stats --recount", ["--recount"])):
             def stats(log, extra=extra):
-                r = measure.measure([*base, "stats", "FACT_JOINED", "--json", *extra], log, timeout=timeout)
+                r = measure.measure([*base, "stats", "FACT_JOINED", "--json", *extra], log, env=env,
+                                    timeout=timeout)
                 out = json.loads(r["stdout"].strip().splitlines()[-1])
                 r.update(recount_matches=out.get("recount_matches"))
                 self.verify(r, {"rows": out["rows"], "mean": out["vp_mean"], "std": out["vp_std"]}, shape)
@@ -427,9 +464,9 @@ class Bench:
                               fn=lambda log: self.impressions(log, shape, wh, 2, keep=keep))
         else:  # only the update chain: its partition is setup, not a measurement
             shutil.rmtree(wh, ignore_errors=True)
-            r = measure.measure([str(IMPRESSIONS), "--warehouse", str(wh), "--workers", "2", "partition",
+            r = measure.measure([*self.imp, "--warehouse", str(wh), "--workers", "2", "partition",
                                  str(REPO / self.inputs[shape]["path"]), TABLE], self.logs / f"setup-{shape}-r{rnd}",
-                                timeout=self.args.timeout)
+                                env=self.env, timeout=self.args.timeout)
             final_status(r["stdout"], "partition")
         if keep and r is not None:
             self.chain(shape, rnd, wh)
@@ -449,11 +486,11 @@ class Bench:
             if name in a.only:
                 self.pythons[name], self.pins[name] = peer_python(name, a.upgrade)
         for shape in a.shapes:
-            self.inputs[shape] = input_file(shape, a.rows)
+            self.inputs[shape] = input_file(shape, a.rows, self.code)
         if "memory" in a.only:
-            self.inputs["big"] = input_file(a.big_shape, a.big_rows)
+            self.inputs["big"] = input_file(a.big_shape, a.big_rows, self.code)
             if a.big_shape not in self.inputs:
-                self.inputs[a.big_shape] = input_file(a.big_shape, a.rows)
+                self.inputs[a.big_shape] = input_file(a.big_shape, a.rows, self.code)
         for meta in self.inputs.values():
             page_in(REPO / meta["path"])
         warm = {shape: self.seed_warm(shape) for shape in a.shapes} if "impressions" in a.only else {}
@@ -538,6 +575,9 @@ def parse_args(argv=None):
                     help="seconds one run may take (BENCH_TIMEOUT)")
     ap.add_argument("--upgrade", action="store_true", default=env_default("BENCH_UPGRADE", False),
                     help="re-resolve the newest peer versions and re-pin them (BENCH_UPGRADE)")
+    ap.add_argument("--code", choices=["head", "worktree"], default=env_default("BENCH_CODE", "head"),
+                    help="which impressions to measure: the committed HEAD or the working tree as it is at the "
+                         "start, uncommitted edits included (BENCH_CODE; head). Either is copied first.")
     ap.add_argument("--out", default=env_default("BENCH_OUT", ""),
                     help="results directory (BENCH_OUT; bench/results for a full default run, bench/results/quick "
                          "for --quick, bench/results/partial otherwise)")
@@ -585,7 +625,8 @@ def main(argv=None) -> int:
     header = {
         "harness": "bench/bench.py", "started": started.isoformat(timespec="seconds"),
         "finished": dt.datetime.now().astimezone().isoformat(timespec="seconds"), "machine": mach,
-        "loadavg_at_end": list(os.getloadavg()), "code": bench.code0, "code_at_end": code_version(),
+        "loadavg_at_end": list(os.getloadavg()),
+        "code": {k: v for k, v in bench.code.items() if k not in ("cmd", "env")},
         "project_versions": project_versions(), "peer_versions": bench.engine_versions,
         "peer_pins": {k: str(constraints_file(k).relative_to(REPO)) for k in bench.pins},
         "peer_pinned": bench.pins,

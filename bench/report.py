@@ -59,11 +59,17 @@ def target(name, shape, value, limit, *, at_most: bool, detail: str, pairs=None)
         gap = "not measured"
     elif met:
         gap = f"met ({value:.2f} {'<=' if at_most else '>='} {limit})"
+    elif at_most:
+        gap = f"MISSED: {value:.2f} vs <= {limit} ({value / limit:.2f}x the limit)"
     else:
-        off = value / limit - 1 if at_most else 1 - value / limit
-        gap = f"MISSED by {off * 100:.0f} % ({value:.2f} vs {'<=' if at_most else '>='} {limit})"
+        gap = f"MISSED: {value:.2f} vs >= {limit} ({(1 - value / limit) * 100:.0f} % short)"
     return {"target": name, "shape": shape, "value": value, "limit": limit, "at_most": at_most, "met": met,
             "verdict": gap, "detail": detail, "per_round": pairs or []}
+
+
+def cpu_detail(a: dict, b: dict) -> str:
+    return (f"{a['wall']:.1f} s vs {b['wall']:.1f} s wall; CPU {a['cpu']:.1f} s vs {b['cpu']:.1f} s "
+            f"({a['cpu'] / b['cpu']:.2f}x)")
 
 
 def analyse(header: dict, runs: list[dict]) -> dict:
@@ -81,11 +87,11 @@ def analyse(header: dict, runs: list[dict]) -> dict:
         c = group(rs, peer="impressions cold")
         if "duckdb" in peers and c:
             targets.append(target("partition cold wall <= 0.8 x DuckDB", shape, ratio(cold, duck), TARGETS["vs_duckdb"],
-                                  at_most=True, detail=f"{cold:.1f} s vs {duck:.1f} s",
+                                  at_most=True, detail=cpu_detail(peers["impressions cold"], peers["duckdb"]),
                                   pairs=paired(c, group(rs, peer="duckdb"))))
         if "daft" in peers and c:
             targets.append(target("partition cold wall <= 0.5 x Daft", shape, ratio(cold, daft), TARGETS["vs_daft"],
-                                  at_most=True, detail=f"{cold:.1f} s vs {daft:.1f} s",
+                                  at_most=True, detail=cpu_detail(peers["impressions cold"], peers["daft"]),
                                   pairs=paired(c, group(rs, peer="daft"))))
         one, four = peers.get("impressions cold 1w"), peers.get("impressions cold 4w")
         if one and four:
@@ -129,9 +135,11 @@ def analyse(header: dict, runs: list[dict]) -> dict:
         memory = {"1x": medians(small), "4x": medians(big),
                   "1x_rows": header["inputs"][big_shape]["rows"], "4x_rows": header["inputs"]["big"]["rows"]}
         w1, w4 = memory["1x"]["worker_peak_rss"], memory["4x"]["worker_peak_rss"]
+        factor = memory["4x_rows"] / memory["1x_rows"]
         targets.append(target("peak RSS per worker, 4x input <= 1.2 x 1x", big_shape, ratio(w4, w1),
                               TARGETS["worker_rss_4x_vs_1x"], at_most=True,
-                              detail=f"{w4 / GiB:.2f} GiB vs {w1 / GiB:.2f} GiB per worker"
+                              detail=f"{w4 / GiB:.2f} GiB vs {w1 / GiB:.2f} GiB per worker "
+                                     f"({memory['4x_rows']:,} vs {memory['1x_rows']:,} rows: {factor:g}x)"
                               if w1 and w4 else "no worker process seen"))
     return {"partition": part, "floors": floors, "update": update, "memory": memory, "targets": targets}
 
@@ -266,7 +274,8 @@ def markdown(header, runs, failures, a, out: Path) -> str:
               f"{cfg['rounds']} round(s); wait for idle CPUs up to {cfg['quiet_wait']:.0f} s, repeat a disturbed run "
               f"{cfg['retries']} time(s)", ""]
 
-    lines += ["## Targets", "", "Same machine, same file, same run; 2 cores; ratios of medians (per-round ratios in brackets).", ""]
+    lines += ["## Targets", "", f"Same machine, same file, same run, {mach['cores']} cores; ratios of medians (the ratio of each "
+              "round's paired runs in the last column).", ""]
     trows = [[t["target"], t["shape"], t["verdict"], t["detail"], ", ".join(f"{x:.2f}" for x in t["per_round"]) or "—"]
              for t in a["targets"]]
     lines += [table(["target", "shape", "verdict", "medians", "per round"], trows) if trows else "(no target measured)", ""]
@@ -318,11 +327,13 @@ def markdown(header, runs, failures, a, out: Path) -> str:
 
     if a["memory"]:
         m1, m4 = a["memory"]["1x"], a["memory"]["4x"]
-        lines += ["## Memory: 1× vs 4× the input (impressions cold, 2 workers)", "",
+        factor = a["memory"]["4x_rows"] / a["memory"]["1x_rows"]
+        lines += [f"## Memory: 1× vs {factor:g}× the input (impressions cold, 2 workers)", "",
                   table(["input", "rows", "wall s", "per worker GiB", "largest process GiB", "process tree GiB", "files"],
                         [[k, f"{a['memory'][k + '_rows']:,}", f1(m['wall']), gib(m['worker_peak_rss']),
                           gib(m['maxrss_kb'] * 1024 if m['maxrss_kb'] else None), gib(m['peak_rss_tree']),
-                          f"{m['files']:,.0f}"] for k, m in (("1x", m1), ("4x", m4))]), ""]
+                          f"{m['files']:,.0f}"] for k, m in (("1x", m1), ("4x", m4))]).replace("| 4x |", f"| {factor:g}x |"),
+                  ""]
     elif "memory" not in cfg["units"]:
         lines += ["The 4× memory case was not part of this run (unit `memory`; `make bench-quick` leaves it out).", ""]
 
