@@ -257,9 +257,12 @@ def markdown(header, runs, failures, a, out: Path) -> str:
     lines += ["## Setup", "",
               f"- machine: {mach['cores']} cores ({mach['cpu_model']}), {mach['ram_gib']} GiB RAM, Linux {mach['kernel']}, "
               f"Python {mach['python']}",
-              f"- code: `{h['code']['label']}` (commit + hash of pipeline/ and cluster/ as run; the install is editable)"
-              + ("" if h["code"]["label"] == h["code_at_end"]["label"] else
-                 f" — **the sources changed during the run** (now `{h['code_at_end']['label']}`)"),
+              f"- code: `{h['code']['label']}` — "
+              + ("the committed HEAD" if h["code"].get("mode") == "head" else
+                 "the working tree at the start" + (", with uncommitted edits" if h["code"].get("uncommitted_edits")
+                                                    else ""))
+              + " (pipeline/ and cluster/ copied before the first run, so every run executed the same code; "
+                "commit + hash of the copied sources)",
               "- impressions' libraries: " + ", ".join(f"{k} {v}" for k, v in h["project_versions"].items())]
     for name, info in sorted(h["peer_versions"].items()):
         extra = {k: v for k, v in info.items() if k not in ("engine", "version")}
