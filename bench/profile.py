@@ -67,10 +67,14 @@ def categorise(frames: list[str]) -> str:
 def aggregate(raw: Path, rate: int) -> dict:
     by = Counter()
     funcs = Counter()
-    for line in raw.read_text().splitlines():
-        if not line.strip():
+    pending = ""
+    for line in raw.read_text(errors="replace").splitlines():
+        m = re.match(r"^(.*) (\d+)$", pending + line)
+        if not m:  # a frame name garbled by sampling without pausing (--nonblocking) may hold newlines
+            pending += line
             continue
-        stack, n = line.rsplit(" ", 1)
+        pending = ""
+        stack, n = m.group(1), m.group(2)
         frames = [f for f in stack.split(";") if not f.startswith("process ")]
         r, cat = role(stack), categorise(frames)
         by[(r, cat)] += int(n)
@@ -127,7 +131,8 @@ def main(argv=None) -> int:
     wall = (dt.datetime.now() - t0).total_seconds()
     shutil.rmtree(wh, ignore_errors=True)
     result = {"harness": "bench/profile.py", "when": t0.astimezone().isoformat(timespec="seconds"),
-              "code": {k: v for k, v in code.items() if k not in ("cmd", "env")}, "stage": a.stage, "shape": a.shape, "rows": a.rows, "workers": a.workers,
+              "code": {k: v for k, v in code.items() if k not in ("cmd", "env")}, "stage": a.stage,
+              "shape": a.shape, "rows": a.rows, "workers": a.workers,
               "rate": a.rate, "wall_under_profiler": wall, "py_spy": pins.get("py-spy"),
               "machine": bench.measure.machine(), "raw": str(raw.relative_to(bench.REPO)), **aggregate(raw, a.rate)}
     out = bench.RESULTS / f"profile-{a.stage}-{a.shape}.json"
