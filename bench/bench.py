@@ -300,16 +300,20 @@ class Bench:
 
     # ---- impressions
     def impressions(self, log: Path, shape: str, warehouse: Path, workers: int, keep: bool = False,
-                    src: str | None = None, big: bool = False) -> dict:
+                    src: str | None = None, big: bool = False, fresh: bool = True) -> dict:
         src = src or str(REPO / self.inputs[shape]["path"])
+        if fresh:  # cold: nothing left by an earlier (failed or repeated) attempt
+            shutil.rmtree(warehouse, ignore_errors=True)
         r = measure.measure([*self.imp, "--warehouse", str(warehouse), "--workers", str(workers),
                              "partition", src, TABLE], log, env=self.env, timeout=self.args.timeout)
         status = final_status(r["stdout"], "partition")
-        r.update(code=self.code["label"], workers=workers, load_seconds=status["seconds"], files_reported=status["files_written"],
-                 bytes_reported=status["bytes_written"], rows_reported=status["rows_written"],
-                 rows_quarantined=status["rows_quarantined"], read_tasks=status.get("read_tasks"))
+        r.update(code=self.code["label"], workers=workers, load_seconds=status["seconds"],
+                 files_reported=status["files_written"], bytes_reported=status["bytes_written"],
+                 rows_reported=status["rows_written"], rows_quarantined=status["rows_quarantined"],
+                 read_tasks=status.get("read_tasks"))
         got = check("iceberg", str(warehouse), "impressions", "impressions.fact_partitioned")
         self.verify(r, got, "big" if big else shape)
+        r["status_matches_table"] = (r["files_reported"], r["rows_reported"]) == (r["files"], r["rows"])
         if not keep:
             shutil.rmtree(warehouse, ignore_errors=True)
         return r
@@ -419,6 +423,12 @@ class Bench:
                                  str(out)], log, timeout=self.args.timeout)
             info = json.loads(r["stdout"].strip().splitlines()[-1])
             r["steps"], r["parquet_bytes"], r["index_bytes"] = info["steps"], info["parquet_bytes"], info["index_bytes"]
+            # the fixed cost every impressions process (the driver and each worker) pays before any work
+            probe = measure.measure([str(PROJECT_PY), "-c", "import distributed, pipeline.cli, pipeline.stages.partition, "
+                                     "pipeline.stages.join, pipeline.stages.update"], log.with_name(log.name + "-imports"),
+                                    env=self.env, cwd=Path(self.code["cmd"][1]).parent, timeout=self.args.timeout)
+            r["steps"]["imports"] = {"wall": probe["wall"], "cpu_user": probe["cpu_user"], "cpu_sys": probe["cpu_sys"],
+                                     "cpu": probe["cpu"]}
             n, mean, m2 = info["n"], info["mean"], info["m2"]
             self.verify(r, {"rows": info["rows"], "mean": mean, "std": (m2 / n) ** 0.5, "files": 1,
                             "partitions": 1}, shape)
@@ -434,7 +444,7 @@ class Bench:
             s.append(("impressions cold", lambda: self.cold_and_chain(shape, rnd)))
         if "impressions" in only:
             def warm_run(log):
-                r = self.impressions(log, shape, warm[shape], 2, keep=True)
+                r = self.impressions(log, shape, warm[shape], 2, keep=True, fresh=False)
                 empty_keeping_index(warm[shape])
                 return r
             s.append(("impressions warm", lambda: self.measured(experiment="partition", shape=shape,

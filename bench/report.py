@@ -304,10 +304,15 @@ def markdown(header, runs, failures, a, out: Path) -> str:
             lines += [f"Floors on the same file (one core each, in one process; medians): "
                       + "; ".join(f"{name} {st[k]['wall']:.1f} s wall / {st[k]['cpu']:.1f} s CPU" for k, name in
                                   (("inflate", "ISA-L inflate"), ("index", "rapidgzip index pass"),
-                                   ("parse", "Arrow CSV parse (1 thread)"), ("write", "one zstd Parquet file")))
+                                   ("parse", "Arrow CSV parse (1 thread)"), ("write", "one zstd Parquet file"))
+                                  if k in st)
                       + f". Inflate + parse + write = {sum(st[k]['cpu'] for k in ('inflate', 'parse', 'write')):.1f} "
                         f"CPU s, i.e. {sum(st[k]['cpu'] for k in ('inflate', 'parse', 'write')) / mach['cores']:.1f} s "
                         f"of wall on {mach['cores']} cores if perfectly parallel.", ""]
+            if "imports" in st:
+                lines += [f"Start-up of one impressions process (Python + `import distributed, pipeline.cli, "
+                          f"pipeline.stages.*`), paid by the driver and by every worker: {st['imports']['wall']:.1f} s "
+                          f"wall, {st['imports']['cpu']:.1f} CPU s.", ""]
             cold = peers.get("impressions cold")
             if cold:
                 floor_cpu = sum(st[k]["cpu"] for k in ("inflate", "parse", "write"))
