@@ -2,6 +2,7 @@
 the table, and each safe next to a load committing at the same time."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -26,8 +27,12 @@ MiB = 1 << 20
 
 
 def load_many(client, settings, tmp_path, n=6, rows=4_000):
+    """Loads read in several ranges whose owners flush after each (an 8 KiB budget), so each partition gets several
+    small files per source: what compaction is for."""
+    small = dataclasses.replace(settings, memory_budget=8 * 1024,
+                                read=dataclasses.replace(settings.read, range_size=48 * 1024, index_spacing=16 * 1024))
     for i in range(n):
-        partition(client, settings, [write_gz(tmp_path / f"day{i}.csv.gz", lines(rows, 100 + i, first_id=i * 10**6))],
+        partition(client, small, [write_gz(tmp_path / f"day{i}.csv.gz", lines(rows, 100 + i, first_id=i * 10**6))],
                   "FACT")
 
 

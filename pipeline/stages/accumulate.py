@@ -1,13 +1,16 @@
-"""Worker-side grouping of parsed rows by (source, date, bucket), so each partition gets few, large files.
+"""Owner-side grouping of parsed rows by (source, date, bucket), so each partition gets few, large files.
 
-Each read task parses its range, sorts it on a small integer key (days × buckets + bucket) and hands the sorted
-slices to its worker's accumulator for the load. When everything a worker buffers — all loads, all sources —
-passes `write.memory-budget`, the largest accumulator writes one data file per (source, partition) and forgets
-its rows: a worker's memory is bounded by the budget, whatever the files or the number of sources. The files are
-committed later by the driver, all in one snapshot.
+Every (date, bucket) partition has one *owner* among the workers (key % owners). A read task parses its range and
+splits the rows into one sorted share per owner (`split_by_owner`); the exchange (exchange.py) brings each share to
+its owner, whose `absorb` task adds it to the worker's accumulator for the load. So a partition's rows meet on one
+worker, and a partition gets about one file per load — not one per worker — whatever the worker count.
+
+When everything a worker buffers — all loads, all sources — passes `write.memory-budget`, the largest accumulator
+writes one data file per (source, partition) and forgets its rows: a worker's memory is bounded by the budget,
+whatever the file or the number of sources. The files are committed later by the driver, all in one snapshot.
 
 Accumulators live on the Dask worker object, so they disappear with the worker; the driver checks that every
-range reached a surviving accumulator and re-reads the ones that did not.
+share of every range reached a surviving accumulator and reads again the ranges whose shares did not.
 """
 from __future__ import annotations
 
@@ -19,24 +22,49 @@ import pyarrow as pa
 
 from ..schema import QUARANTINE_SCHEMA
 from ..table.bucket import bucket_array
+from ..table.schema import bucket_count
 from ..table.write import WriteTarget, to_date, write_data_files
 
 
-def sort_by_partition(rows: pa.Table, buckets: int) -> tuple[pa.Table, np.ndarray, np.ndarray]:
-    """Rows sorted by partition, with each group's key and start offset (plus the end)."""
+def partition_keys(rows: pa.Table, buckets: int) -> np.ndarray:
+    """days × buckets + bucket of every row: one small integer per (date, bucket) partition."""
     days = rows["ad_date"].cast(pa.int32()).to_numpy(zero_copy_only=False).astype(np.int64)
     bucket = bucket_array(rows["campaign_id"], buckets).to_numpy(zero_copy_only=False).astype(np.int64)
-    key = days * buckets + bucket
-    low = int(key.min()) if len(key) else 0
-    if len(key) and int(key.max()) - low < 1 << 16:
-        # a few dates × buckets: a 16-bit key, which numpy sorts with a stable radix sort in O(n)
-        order = np.argsort((key - low).astype(np.uint16), kind="stable")
+    return days * buckets + bucket
+
+
+def split_by_owner(rows: pa.Table, buckets: int, owners: int) -> list:
+    """The rows of one range as one part per owner: partition key k belongs to owner k % owners. Each part is
+    (rows sorted by key, the key of each group, the start of each group plus the end), or None when empty.
+
+    One sort does it: the rows are ordered by (owner, key), so each owner's share is one slice. With few distinct
+    keys (a few dates × buckets) the order is a 16-bit rank, which numpy sorts with a stable radix sort in O(n).
+    """
+    if rows.num_rows == 0:
+        return [None] * owners
+    key = partition_keys(rows, buckets)
+    low, high = int(key.min()), int(key.max())
+    if high - low < 1 << 16:
+        span = np.arange(low, high + 1)
+        rank = np.empty(len(span), dtype=np.uint16)
+        rank[np.lexsort((span, span % owners))] = np.arange(len(span), dtype=np.uint16)
+        order = np.argsort(rank[key - low], kind="stable")
     else:
-        order = np.argsort(key, kind="stable")
+        order = np.lexsort((key, key % owners))
     key = key[order]
     rows = rows.take(pa.array(order))
-    starts = np.concatenate(([0], np.flatnonzero(np.diff(key)) + 1, [len(key)])) if len(key) else np.zeros(1, np.int64)
-    return rows, key[starts[:-1]], starts
+    owner = key % owners
+    bounds = np.searchsorted(owner, np.arange(owners + 1))
+    parts = []
+    for o in range(owners):
+        a, b = int(bounds[o]), int(bounds[o + 1])
+        if a == b:
+            parts.append(None)
+            continue
+        k = key[a:b]
+        starts = np.concatenate(([0], np.flatnonzero(np.diff(k)) + 1, [b - a]))
+        parts.append((rows.slice(a, b - a), k[starts[:-1]], starts))
+    return parts
 
 
 @dataclass
@@ -50,25 +78,26 @@ class Accumulator:
     groups: dict = field(default_factory=dict)  # (fingerprint, key) -> list of sorted slices
     quarantine: list = field(default_factory=list)
     nbytes: int = 0
-    ranges: set = field(default_factory=set)
+    parts: set = field(default_factory=set)  # "<range>@<owner>": the shares taken
     files: list = field(default_factory=list)
     quarantine_files: list = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def add_range(self, range_key: str, source: str, parts: list[pa.Table], quarantine: pa.Table | None) -> bool:
-        """Take a whole range's rows at once (a failed task adds nothing); False if already taken."""
+    def add_part(self, part_key: str, source: str, part, quarantine: pa.Table | None) -> bool:
+        """Take one range's share for this owner at once (see split_by_owner); False if already taken (a range
+        read again after a worker loss sends every owner its share again)."""
         with self.lock:
-            if range_key in self.ranges:
+            if part_key in self.parts:
                 return False
-            for rows in parts:
-                sorted_rows, keys, starts = sort_by_partition(rows, self.buckets)
+            if part is not None:
+                rows, keys, starts = part
                 for k, s, e in zip(keys.tolist(), starts[:-1].tolist(), starts[1:].tolist()):
-                    self.groups.setdefault((source, k), []).append(sorted_rows.slice(s, e - s))
-                self.nbytes += sorted_rows.nbytes
+                    self.groups.setdefault((source, k), []).append(rows.slice(s, e - s))
+                self.nbytes += rows.nbytes
             if quarantine is not None and quarantine.num_rows:
                 self.quarantine.append(quarantine)
                 self.nbytes += quarantine.nbytes
-            self.ranges.add(range_key)
+            self.parts.add(part_key)
             return True
 
     def flush(self) -> None:
@@ -93,7 +122,7 @@ class Accumulator:
     def finish(self) -> dict:
         with self.lock:
             self._flush()
-            return {"ranges": sorted(self.ranges), "files": self.files, "quarantine_files": self.quarantine_files}
+            return {"parts": sorted(self.parts), "files": self.files, "quarantine_files": self.quarantine_files}
 
 
 def quarantine_table(load_id: str, source: str, offsets, reasons, lines) -> pa.Table:
@@ -130,6 +159,16 @@ def accumulator_for(load_id: str, make) -> Accumulator:
         return reg[load_id]
 
 
+def absorb(run: str, load: str, shares: list, target: WriteTarget, qtarget: WriteTarget, budget: int) -> list[str]:
+    """The owner's side of the exchange (a task pinned to the owner): add the shares of some ranges to this
+    worker's accumulator for the run, write files if the worker's budget is passed; returns the shares taken."""
+    acc = accumulator_for(run, lambda: Accumulator(load, target, qtarget, bucket_count(target.metadata)))
+    for part_key, source, part, quarantine in shares:
+        acc.add_part(part_key, source, part, quarantine)
+        keep_within(budget)
+    return [s[0] for s in shares]
+
+
 def keep_within(budget: int) -> None:
     """Flush the largest accumulators on this worker until what it buffers (every load) fits the budget."""
     reg = _registry()
@@ -152,7 +191,7 @@ def finish_load(load_id: str) -> dict:
     reg = _registry()
     with _REGISTRY_LOCK:
         acc = reg.pop(load_id, None)
-    return acc.finish() if acc else {"ranges": [], "files": [], "quarantine_files": []}
+    return acc.finish() if acc else {"parts": [], "files": [], "quarantine_files": []}
 
 
 def drop_load(load_id: str) -> int:

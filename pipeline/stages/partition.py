@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 from concurrent.futures import CancelledError
 
+import pyarrow as pa
 from distributed import Client, KilledWorker, as_completed, wait
 from isal.isal_zlib import error as IsalError
 
@@ -32,7 +33,8 @@ from ..table.commit import without_auto_retry
 from ..table.lineage import lineage
 from ..table.schema import QUARANTINE_ICEBERG, QUARANTINE_SPEC, bucket_count, fact_schema, fact_spec
 from ..table.write import WriteTarget
-from .accumulate import Accumulator, accumulator_for, drop_load, finish_load, keep_within, quarantine_table
+from .accumulate import drop_load, finish_load, quarantine_table, split_by_owner
+from .exchange import Exchange
 from .partition_commit import commit_load
 
 STAGE = "partition"
@@ -52,11 +54,11 @@ class RangeResult:
     uncompressed: int = 0
 
 
-def read_range(source: Source, r: ByteRange, load: str, run: str, target: WriteTarget, qtarget: WriteTarget,
-               settings: Settings) -> RangeResult:
-    """Read, parse and hand over one range to this worker's accumulator of the run; returns only counts.
+def read_range(source: Source, r: ByteRange, load: str, owners: int, buckets: int, settings: Settings) -> dict:
+    """Read and parse exactly the lines one range owns; returns its counts and one share per owner:
+    `{"result": RangeResult, o: (share key, source fingerprint, rows of owner o or None, quarantine or None)}`.
 
-    `run` tells apart two runs of the same load (same load id) on one cluster, so they never mix rows."""
+    The range's quarantined lines travel with one owner's share, so they too reach exactly one accumulator."""
     rs = settings.read
     result = RangeResult(r.key)
     parts, q_off, q_reason, q_line = [], [], [], []
@@ -82,10 +84,14 @@ def read_range(source: Source, r: ByteRange, load: str, run: str, target: WriteT
     for reason in q_reason:
         result.quarantine[reason] = result.quarantine.get(reason, 0) + 1
     quarantine = quarantine_table(load, source.url, q_off, q_reason, q_line) if q_off else None
-    acc = accumulator_for(run, lambda: Accumulator(load, target, qtarget, bucket_count(target.metadata)))
-    acc.add_range(r.key, source.fingerprint, parts, quarantine)
-    keep_within(settings.memory_budget)
-    return result
+    rows = pa.concat_tables(parts).unify_dictionaries().combine_chunks() if len(parts) > 1 else \
+        parts[0] if parts else None
+    shares = split_by_owner(rows, buckets, owners) if rows is not None else [None] * owners
+    keeper = r.number % owners  # the owner whose share carries the quarantined lines
+    out = {"result": result}
+    for o in range(owners):
+        out[o] = (f"{r.key}@{o}", source.fingerprint, shares[o], quarantine if o == keeper else None)
+    return out
 
 
 class _Checked:
@@ -187,35 +193,46 @@ def _run(client, settings, table, qtable, plan: Plan, load: Load) -> dict:
     sources = plan.todo
     # table metadata grows with the table's history: send it to each worker once, not with every task
     target, qtarget = client.scatter([WriteTarget.of(table), WriteTarget.of(qtable)], broadcast=True, hash=False)
-    lid = load.run_id
+    owners = list(client.scheduler_info(n_workers=-1)["workers"])
+    exchange = Exchange(client, load.run_id, load.load_id, owners, target, qtarget, settings.memory_budget)
+    buckets = bucket_count(table)
     ranges, pending = start_sources(client, sources, settings)
-    futures = _submit(client, sources, ranges, lid, target, qtarget, settings)
-    for i, index in pending.items():
+    futures = _submit(client, sources, ranges, load.load_id, len(exchange), buckets, settings)
+    for i, index in pending.items():  # while an index pass runs, the file's head is read (start_sources)
         head = next((r for r in ranges if r.source_index == i), None)
         more = plan_indexed(i, _result(index, futures), settings.read.range_size,
                             start=head.end if head else 0, first_number=1 if head else 0)
         ranges += more
-        futures += _submit(client, sources, more, lid, target, qtarget, settings)
-    say(f"{len(ranges)} read task(s) over {len(sources)} source(s)")
-    results = _collect(futures)
+        futures += _submit(client, sources, more, load.load_id, len(exchange), buckets, settings)
+    say(f"{len(ranges)} read task(s) over {len(sources)} source(s), {len(exchange)} owner(s)")
+    results: dict = {}
+    _collect(futures, exchange, results, "read")
 
     files, qfiles, seen = [], [], set()
     for attempt in range(3):
-        for part in _hand_over(client, lid):
+        exchange.drain(HAND_OVER_TIMEOUT)
+        for part in _hand_over(client, load.run_id):
             files += part["files"]
             qfiles += part["quarantine_files"]
-            for key in part["ranges"]:
+            for key in part["parts"]:
                 if key in seen:
-                    raise LoadError(f"range {key} was read twice; nothing committed")
+                    raise LoadError(f"the share {key} was taken twice; nothing committed")
                 seen.add(key)
-        missing = [r for r in ranges if r.key not in seen]
-        if not missing:
+        lost: dict = {}  # range -> the owners whose share of it no surviving accumulator holds
+        for r in ranges:
+            owners_missing = {o for o in range(len(exchange)) if f"{r.key}@{o}" not in seen}
+            if owners_missing:
+                lost[r] = owners_missing
+        if not lost:
             break
-        say(f"{len(missing)} range(s) were lost with a worker; reading them again")
+        say(f"{len(lost)} range(s) were lost with a worker; reading them again")
+        exchange.replace_dead()
         target, qtarget = client.scatter([WriteTarget.of(table), WriteTarget.of(qtable)], broadcast=True, hash=False)
-        results.update(_collect(_submit(client, sources, missing, lid, target, qtarget, settings)))
+        exchange.target, exchange.qtarget = target, qtarget
+        again = _submit(client, sources, list(lost), load.load_id, len(exchange), buckets, settings)
+        _collect(again, exchange, results, "read again", {f.key: owners for f, owners in zip(again, lost.values())})
     else:
-        raise LoadError(f"{len(missing)} range(s) could not be read after 3 attempts")
+        raise LoadError(f"{len(lost)} range(s) could not be read after 3 attempts")
 
     rows_read = sum(r.lines for r in results.values())
     written = sum(f.data_file.record_count for f in files)
@@ -267,10 +284,9 @@ def _hand_over(client: Client, lid: str) -> list[dict]:
     return out
 
 
-def _submit(client, sources, ranges, run, target, qtarget, settings) -> list:
-    load = run.rsplit(".", 1)[0]
-    return [client.submit(read_range, sources[r.source_index], r, load, run, target, qtarget, settings,
-                          key=f"read-{run}-{r.key}-{uuid.uuid4().hex[:6]}", retries=READ_RETRIES)
+def _submit(client, sources, ranges, load, owners, buckets, settings) -> list:
+    return [client.submit(read_range, sources[r.source_index], r, load, owners, buckets, settings,
+                          key=f"read-{load}-{r.key}-{uuid.uuid4().hex[:6]}", retries=READ_RETRIES)
             for r in ranges]
 
 
@@ -286,26 +302,31 @@ def _result(future, others: list):
         raise
 
 
-def _collect(futures: list) -> dict:
-    """Each read task's counts, as they come. A finished task is released at once: its rows already sit in a
-    worker's accumulator, and a result we kept would make Dask recompute it if that worker died (the hand-over
-    notices lost ranges and reads them again instead)."""
-    results = {}
-    progress = Progress(len(futures), "read")
+def _collect(futures: list, exchange: Exchange, results: dict, label: str, only: dict | None = None) -> None:
+    """Route each finished read's shares through the exchange and keep its counts. A read's own result holds its
+    shares, so it is never fetched here: only its errors are. A finished read is released at once (the exchange
+    holds what it still needs); a read lost with its worker is read again after the hand-over. `only` (future key
+    → owners) limits a range read again to the shares that were lost: the others are already handed over."""
+    progress = Progress(len(futures), label)
     try:
         for fut in as_completed(futures):
-            try:
-                res = _result(fut, futures) if fut.status != "cancelled" else None
-            except (CancelledError, KilledWorker):  # lost with a worker: the hand-over reads it again
-                res = None
-            if res is not None:
-                results[res.key] = res
+            if fut.status == "error":
+                error = fut.exception()
+                if not isinstance(error, (CancelledError, KilledWorker)):  # lost with a worker: read again later
+                    for f in futures:
+                        f.cancel()
+                    raise error
+            elif fut.status == "finished":
+                try:
+                    res = exchange.add(fut, only.get(fut.key) if only else None).result()
+                    results[res.key] = res
+                    progress.step(res.uncompressed)
+                except (CancelledError, KilledWorker):
+                    pass
             fut.release()
-            progress.step(res.uncompressed if res else 0)
     finally:
         progress.close()
         futures.clear()
-    return results
 
 
 def start_sources(client: Client, sources: list[Source], settings: Settings):
