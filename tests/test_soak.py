@@ -7,7 +7,7 @@ open file descriptors, threads) and through `Client.run` (our accumulator regist
 holds), after a warm-up of 5 loads, half-way and at the end; the scheduler's task count too. Growth beyond the
 stated tolerances fails. The tables are then judged from outside (DuckDB): every row once.
 
-Two defects of the per-worker registry found by these drills are tests of their own (xfail until fixed).
+Two defects of the per-worker registry found by these drills (fixed) are tests of their own.
 """
 from __future__ import annotations
 
@@ -185,9 +185,6 @@ def _registry():
     return registry
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "accumulate.drop_load / buffered_bytes run by Client.run never reach the worker's registry (get_worker() has no "
-    "worker outside a task): a failed load's buffered rows stay on the workers, and buffered_bytes() reports 0"))
 def test_a_failed_load_leaves_no_buffered_rows_on_the_workers(small_cluster, tmp_path):
     """`partition GOOD TRUNCATED` through the CLI on a running cluster: the good file's ranges are read into the
     worker's accumulator, then the truncated one fails the load. Afterwards nothing of that load may stay buffered
@@ -211,9 +208,6 @@ def test_a_failed_load_leaves_no_buffered_rows_on_the_workers(small_cluster, tmp
         assert registry == {}, f"{address} still buffers {sum(registry.values())} bytes of a failed load"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "accumulate.buffered_bytes() deadlocks in a task: it holds the non-reentrant _REGISTRY_LOCK while _registry() "
-    "takes it again, and every later read task on that worker then blocks on the same lock"))
 def test_buffered_bytes_in_a_task_answers(small_cluster):
     from pipeline.stages.accumulate import buffered_bytes
 

@@ -135,16 +135,20 @@ def quarantine_table(load_id: str, source: str, offsets, reasons, lines) -> pa.T
 # ------------------------------------------------------------ the per-worker registry
 
 _LOCAL: dict = {}  # used only outside a Dask worker (tests, synchronous runs)
-_REGISTRY_LOCK = threading.Lock()
+_REGISTRY_LOCK = threading.RLock()  # re-entrant: helpers that hold it call _registry(), which takes it too
 
 
-def _registry() -> dict:
-    try:
-        from distributed import get_worker
+def _registry(dask_worker=None) -> dict:
+    """This worker's accumulators (one per load run). In a task the worker is found by `get_worker()`; from
+    `Client.run` (which runs outside any task) it comes as the `dask_worker` argument Client.run passes."""
+    worker = dask_worker
+    if worker is None:
+        try:
+            from distributed import get_worker
 
-        worker = get_worker()
-    except ValueError:
-        return _LOCAL
+            worker = get_worker()
+        except ValueError:
+            return _LOCAL
     with _REGISTRY_LOCK:
         if not hasattr(worker, "_impressions_accumulators"):
             worker._impressions_accumulators = {}
@@ -180,10 +184,12 @@ def keep_within(budget: int) -> None:
         max(accs, key=lambda a: a.nbytes).flush()
 
 
-def buffered_bytes() -> int:
-    """What this worker holds in accumulators (all loads): the budget's measure, and a soak check."""
+def buffered_bytes(dask_worker=None) -> int:
+    """What this worker holds in accumulators (all loads): the budget's measure, and a soak check
+    (`client.run(buffered_bytes)`)."""
+    reg = _registry(dask_worker)
     with _REGISTRY_LOCK:
-        return sum(a.nbytes for a in _registry().values())
+        return sum(a.nbytes for a in reg.values())
 
 
 def finish_load(load_id: str) -> dict:
@@ -194,8 +200,9 @@ def finish_load(load_id: str) -> dict:
     return acc.finish() if acc else {"parts": [], "files": [], "quarantine_files": []}
 
 
-def drop_load(load_id: str) -> int:
-    """Forget a load's buffers on this worker (after it failed, or left over by a recomputed task)."""
-    reg = _registry()
+def drop_load(load_id: str, dask_worker=None) -> int:
+    """Forget a load run's buffers on this worker (after it failed, or left over by a recomputed task); run it
+    everywhere with `client.run(drop_load, run_id)`."""
+    reg = _registry(dask_worker)
     with _REGISTRY_LOCK:
         return 1 if reg.pop(load_id, None) is not None else 0
