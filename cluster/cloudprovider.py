@@ -11,7 +11,7 @@ from pipeline.errors import UsageError
 from .settings import CloudProviderSettings
 
 INSTALL_HINT = ("pip install -c cluster/cloudprovider-constraints.txt -e '.[cloudprovider]' "
-                "(a separate virtualenv: its aiobotocore pins botocore differently)")
+                "(under the project's pins, so boto3, botocore and Dask stay as they are)")
 
 
 def cluster_class(settings: CloudProviderSettings) -> str:

@@ -144,7 +144,7 @@ class PreparedJob:
         cmd = self.command(scheduler)
         env = job_environment(os.environ, self.job, scheduler, self.options)
         say(f"impressions node: running {self.job.url}" + (f" {shlex.join(self.job.args)}" if self.job.args else ""))
-        return run(cmd, env, timeout, cwd=self._tmp.name if self._script else None)
+        return run(cmd, env, timeout)  # in the node's working directory, as a JOB.yaml runs
 
     def close(self) -> None:
         self._tmp.cleanup()

@@ -84,13 +84,19 @@ class SchedulerThread:
             await scheduler.finished()
 
     def stop(self) -> None:
-        """Close the scheduler (which closes every worker and nanny) and wait for its thread."""
+        """Close the scheduler (which closes every worker and nanny) and wait for its thread; bounded, and
+        safe to call twice or after the scheduler ended by itself (its loop may be gone)."""
         scheduler, loop = self._scheduler, self._loop
+        deadline = time.monotonic() + START_TIMEOUT
         if scheduler is not None and loop is not None and self._thread.is_alive():
-            with contextlib.suppress(Exception):
-                asyncio.run_coroutine_threadsafe(scheduler.close(reason="impressions-node-done"), loop) \
-                    .result(START_TIMEOUT)
-        self._thread.join(START_TIMEOUT)
+            try:
+                done = asyncio.run_coroutine_threadsafe(scheduler.close(reason="impressions-node-done"), loop)
+            except RuntimeError:  # the loop is closed already
+                done = None
+            while done is not None and not done.done() and self._thread.is_alive() \
+                    and time.monotonic() < deadline:
+                time.sleep(0.05)
+        self._thread.join(max(0.0, deadline - time.monotonic()))
 
 
 class Stopped(BaseException):
@@ -116,14 +122,14 @@ class MainNode:
             say(f"impressions {self.node.label}: scheduler at port {s.scheduler_port}, dashboard at port "
                 f"{s.dashboard_port}; waiting up to {s.wait_timeout:.0f}s for {self.node.workers_expected} workers")
             try:
-                with Client(scheduler.address, timeout=START_TIMEOUT) as client:
-                    try:
-                        return self._run(client, scheduler)
-                    finally:
-                        with contextlib.suppress(Exception):
-                            client.shutdown()
+                client = Client(scheduler.address, timeout=START_TIMEOUT)
+                try:
+                    return self._run(client, scheduler)
+                finally:
+                    with contextlib.suppress(Exception):
+                        client.close(timeout=10)
             finally:
-                scheduler.stop()
+                scheduler.stop()  # in-process: close the scheduler itself, which closes the workers
         except Stopped:
             say("impressions node: stopped (SIGTERM) before the JOB ran; the cluster is shut down")
             return 128 + signal.SIGTERM

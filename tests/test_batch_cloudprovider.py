@@ -139,13 +139,26 @@ def test_the_arguments_are_named_parameters_of_dask_cloudprovider(config, tmp_pa
         assert set(cluster_kwargs(s)) <= named, set(cluster_kwargs(s)) - named
 
 
-def test_a_configured_cluster_without_the_extra_is_one_line(tmp_path):
+def test_a_configured_cluster_without_the_extra_is_one_line(config, tmp_path):
+    """connect() (the one decision point) starts the configured cluster, or says in one line how to install it."""
+    from cluster import connect
+
+    config(**FARGATE)
+    with pytest.raises(UsageError, match="dask-cloudprovider is not installed: pip install -c "
+                                         "cluster/cloudprovider-constraints.txt"):
+        with connect(None, workers=1):
+            pytest.fail("no cluster can start without dask-cloudprovider")
+    # and through the command line: a command that starts a cluster stops there, exit 2, one line
+    from pipeline.generate import generate
+
+    files = generate(str(tmp_path / "gen"), rows=100, days=1, campaigns=2, changed=1, seed=1)
     env = {k: v for k, v in os.environ.items() if not k.startswith("DASK_IMPRESSIONS__")}
     env.update({f"DASK_IMPRESSIONS__CLOUDPROVIDER__{k}": v for k, v in FARGATE.items()})
     env.pop("DASK_SCHEDULER_ADDRESS", None)
-    proc = subprocess.run([sys.executable, "-m", "pipeline", "--warehouse", str(tmp_path / "wh"), "stats", "T"],
-                          env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run([sys.executable, "-m", "pipeline", "--warehouse", str(tmp_path / "wh"), "partition",
+                           files["impressions"], "FACT_PARTITIONED"], env=env, cwd=tmp_path, capture_output=True,
+                          text=True, timeout=120)
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "dask-cloudprovider is not installed" in lines[0], proc.stderr
-    assert "cluster/cloudprovider-constraints.txt" in lines[0]
+    assert "Traceback" not in proc.stderr
