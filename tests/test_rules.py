@@ -208,3 +208,21 @@ def test_an_all_quoted_block_stays_on_the_typed_path():
     block = b'"01/01/2019","5","campaign_00","video_0","0.5"\r\n' * 100
     assert parse._parse_typed(block, 0, 65536) is not None
     assert parse_block(block, 0).rows.num_rows == 100
+
+
+def test_a_big_dirty_block_tried_again_in_pieces_gives_every_line_its_own_verdict():
+    """Above 2 MiB, a block the typed path refuses is retried in ~1 MiB pieces (only refused pieces go the careful
+    way): the verdicts are still the rules', line by line."""
+    import random
+
+    from pipeline.read import parse
+
+    rng = random.Random(5)
+    good = [b"01/01/2019,%d,campaign_%02d,video_1,0.%d\n" % (i, i % 50, i % 10) for i in range(80_000)]
+    bad = [b"01/01/2019,x,c,v,0.5\n", b"13/01/2019,1,c,v,0.5\n", b'"01/01/2019,1,c,v,0.5\n', b"01/01/2019,1,c,v,2\n",
+           b"01/01/2019,0x10,c,v,0.5\n", b"\n"]
+    lines = list(good)
+    for _ in range(40):
+        lines.insert(rng.randrange(len(lines)), rng.choice(bad))
+    assert len(b"".join(lines)) > 2 * parse.CHUNK
+    assert actual(lines, 7) == expected(lines, 7)
