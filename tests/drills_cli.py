@@ -375,10 +375,12 @@ def _identity(address: str, timeout: float = 5) -> dict:
         return {}
 
 
-def _phase_trigger(phase: str, note: str):
-    """A function for `Client.run` (pickled by value: the workers cannot import this module) that looks at the
-    stacks of its worker's other threads and, when one of them is in `phase`, writes `note` and SIGKILLs its own
-    process at once — the check and the kill happen within the same instant, in the victim.
+def _phase_watcher(phase: str, note: str):
+    """A Dask worker plugin (built here so that it is pickled by value: the workers cannot import this module)
+    whose thread samples the stacks of its worker's other threads every millisecond and, when one of them is in
+    `phase`, writes `note` and SIGKILLs its own process at once — the check and the kill happen in the victim, in
+    the same instant, whatever its event loop is doing. A worker started later (a nanny's fresh one) gets the
+    plugin too; once `note` exists every watcher of the phase stops.
 
     Phases (function names of the running task, read from its frames):
       read       a read task parsing its range (`read_range`, not flushing) on a worker that holds buffered rows
@@ -386,7 +388,20 @@ def _phase_trigger(phase: str, note: str):
       hand-over  the end-of-read hand-over of a worker's files (`finish_load`, the `finish-…` task)
       join       a join or update-rewrite task (`join_file`)
     """
-    def trigger(dask_worker=None):
+    from distributed.diagnostics.plugin import WorkerPlugin
+
+    def hit(names: list, held: int) -> bool:
+        if phase == "read":
+            return "read_range" in names and "_flush" not in names and held > 0
+        if phase == "flush":
+            return "_flush" in names and "keep_within" in names
+        if phase == "hand-over":
+            return "finish_load" in names
+        if phase == "join":
+            return "join_file" in names
+        raise ValueError(phase)
+
+    def watch(worker, stop) -> None:
         import json as _json
         import os as _os
         import signal as _signal
@@ -394,38 +409,42 @@ def _phase_trigger(phase: str, note: str):
         import threading as _threading
 
         me = _threading.get_ident()
-        registry = getattr(dask_worker, "_impressions_accumulators", None) or {}
-        held = sum(getattr(a, "nbytes", 0) for a in list(registry.values()))
-        for tid, frame in _sys._current_frames().items():
-            if tid == me:
-                continue
-            names = []
-            while frame is not None:
-                names.append(frame.f_code.co_name)
-                frame = frame.f_back
-            if phase == "read":
-                hit = "read_range" in names and "_flush" not in names and held > 0
-            elif phase == "flush":
-                hit = "_flush" in names and "keep_within" in names
-            elif phase == "hand-over":
-                hit = "finish_load" in names
-            elif phase == "join":
-                hit = "join_file" in names
-            else:
-                raise ValueError(phase)
-            if hit:
+        while not stop.is_set() and not _os.path.exists(note):
+            registry = getattr(worker, "_impressions_accumulators", None) or {}
+            held = sum(getattr(a, "nbytes", 0) for a in list(registry.values()))
+            for tid, frame in _sys._current_frames().items():
+                if tid == me:
+                    continue
+                names = []
+                while frame is not None:
+                    names.append(frame.f_code.co_name)
+                    frame = frame.f_back
+                if not hit(names, held):
+                    continue
                 try:  # one victim per phase: the first worker to claim the note
                     fd = _os.open(note, _os.O_CREAT | _os.O_EXCL | _os.O_WRONLY)
                 except FileExistsError:
-                    return None
-                _os.write(fd, _json.dumps({"pid": _os.getpid(), "address": dask_worker.address, "phase": phase,
+                    return
+                _os.write(fd, _json.dumps({"pid": _os.getpid(), "address": worker.address, "phase": phase,
                                            "stack": names[:80], "held_bytes": held,
                                            "accumulators": len(registry)}).encode())
                 _os.close(fd)
                 _os.kill(_os.getpid(), _signal.SIGKILL)
-        return None
+            stop.wait(0.001)
 
-    return trigger
+    class PhaseWatcher(WorkerPlugin):
+        name = f"drill-{phase}-{os.path.basename(note)}"
+
+        def setup(self, worker):
+            import threading as _threading
+
+            self.stop = _threading.Event()
+            _threading.Thread(target=watch, args=(worker, self.stop), daemon=True, name=self.name).start()
+
+        def teardown(self, worker):
+            self.stop.set()
+
+    return PhaseWatcher()
 
 
 class Observer:
@@ -436,19 +455,37 @@ class Observer:
 
         self.client = Client(address, timeout="30s", set_as_default=False)
 
+    def run(self, function, timeout: float = 30) -> dict:
+        """`Client.run` on every worker, bounded: a worker that does not answer within `timeout` s fails the drill
+        instead of hanging it."""
+        out: dict = {}
+
+        def call():
+            try:
+                out["result"] = self.client.run(function, on_error="ignore")
+            except Exception as e:  # noqa: BLE001 - a worker restarting, the cluster closing: the caller looks again
+                out["result"] = {}
+                out["error"] = e
+
+        t = threading.Thread(target=call, daemon=True)
+        t.start()
+        t.join(timeout)
+        if t.is_alive():
+            raise AssertionError(f"the workers did not answer Client.run within {timeout} s")
+        return out["result"]
+
     def pids(self) -> dict[str, int]:
-        return self.client.run(os.getpid, on_error="ignore")
+        return self.run(os.getpid)
 
     def kill_in_phase(self, phase: str, note: Path, timeout: float, cli: Cli | None = None) -> dict:
-        """Poll every worker until one is in `phase`; that worker SIGKILLs itself (see _phase_trigger). Returns
-        what the victim saw (its note)."""
-        trigger = _phase_trigger(phase, str(note))
+        """Arm every worker (and every worker started later) to SIGKILL itself the instant one of its threads is
+        in `phase` (see _phase_watcher); wait for the victim's note and return what it saw."""
+        try:
+            self.client.register_plugin(_phase_watcher(phase, str(note)))
+        except OSError:  # CommClosedError: a worker killed itself while the plugin was being set up everywhere
+            pass  # (the scheduler keeps the plugin for the workers started later)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            try:
-                self.client.run(trigger, on_error="ignore")
-            except Exception:  # noqa: BLE001 - a worker restarting, the cluster closing: look again
-                pass
             if note.exists():
                 for _ in range(100):  # written and closed just before the kill
                     try:
@@ -457,7 +494,7 @@ class Observer:
                         time.sleep(0.01)
             if cli is not None and cli.proc.poll() is not None:
                 raise AssertionError(f"the run ended before any worker was seen in phase {phase!r}\n{cli.tail()}")
-            time.sleep(0.005)
+            time.sleep(0.01)
         raise AssertionError(f"no worker was seen in phase {phase!r} within {timeout} s"
                              + (f"\n{cli.tail()}" if cli else ""))
 

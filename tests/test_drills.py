@@ -10,11 +10,15 @@ killed and fails the drill as hung.
    of its files, mid-join and mid-update-rewrite.
 2. The driver killed (the whole process group): before the commit (table unchanged, rerun exact, cleanup leaves
    only files metadata reaches) and after the commit but before the final status line (the rerun is SKIPPED).
-3. Interrupted: SIGINT (a terminal's Ctrl-C, to the process group; and `kill -INT` to the process) and SIGTERM
-   (what AWS Batch sends PID 1): one line, a FAILED "interrupted" status line and its EMF line, the cluster shut
-   down, exit 130 / 143, nothing committed.
+3. Interrupted: SIGINT (a terminal's Ctrl-C: the whole foreground process group) and SIGTERM (what AWS Batch
+   sends the container's PID 1: the CLI alone): one line, a FAILED "interrupted" status line and its EMF line, the
+   cluster shut down (no process left), worker tracebacks silenced, exit 130 / 143, nothing committed.
 4. Concurrency between processes: two loads of different sources land both, two loads of one source land it
    once, two in-place updates keep both changes.
+
+Worker phases are found by sampling the worker threads' stacks through an observer Client connected to the CLI's
+own scheduler (drills_cli.Observer); the worker in the phase SIGKILLs itself at that instant. Set-up tables are
+built in this process on the session cluster (never a verdict).
 """
 from __future__ import annotations
 
@@ -79,34 +83,39 @@ def _stage_verdict(cli: Cli, stage: str, wh: str, check) -> str:
     return "exact"
 
 
-def _rows(wh: str, name: str, final: dict) -> None:
-    exact(table(wh, name), 1, ROWS)
-    assert final["rows_read"] == final["rows_written"] == ROWS, final
+def _rows(wh: str, name: str, final: dict, rows: int = ROWS) -> None:
+    exact(table(wh, name), 1, rows)
+    assert final["rows_read"] == final["rows_written"] == rows, final
 
 
 def _drilled(cli: Cli, tmp_path, phases: list[tuple[str, str, str]]) -> list[dict]:
     """Kill one worker in each (stage, trigger phase, label), in order: each trigger is armed once the stage's
     RUNNING line is out."""
     observer = Observer(scheduler_address(cli, BOUND))
+    print(f"observer connected at {time.monotonic() - cli.started:.2f} s")
     victims = []
     try:
         for stage, trigger, label in phases:
             cli.wait_status(stage, "RUNNING", BOUND)
+            print(f"{label}: armed at {time.monotonic() - cli.started:.2f} s")
             v = observer.kill_in_phase(trigger, tmp_path / f"victim-{label}.json", BOUND, cli)
+            print(f"{label}: killed at {time.monotonic() - cli.started:.2f} s")
             victims.append({**v, "label": label})
     finally:
         observer.close()
     return victims
 
 
-def test_workers_killed_mid_read_mid_flush_and_in_the_hand_over(tmp_path, settings, source):
+def test_workers_killed_mid_read_mid_flush_and_in_the_hand_over(tmp_path, settings):
     """A small memory budget (256 KiB): the accumulators write files while the workers read. Three workers are
     SIGKILLed in one load (the nannies start fresh ones): one mid-read while it holds buffered rows, one while it
     writes files because the budget was passed, one while it hands over its files at the end of the read phase
     (the `finish-…` task). The load ends exact (every row once) or fails cleanly, within the bound."""
     wh = settings.warehouse
+    rows = 4 * ROWS  # a read phase of several seconds, so the three phases come one after the other
+    path = write_gz(tmp_path / "impressions.csv.gz", _lines(rows, 8), members=3)
     env = cli_env({"DASK_IMPRESSIONS__WRITE__MEMORY_BUDGET": "256 KiB"})
-    with Cli(impressions(wh, "partition", source["path"], "FACT", workers=2), env=env) as cli:
+    with Cli(impressions(wh, "partition", path, "FACT", workers=2), env=env) as cli:
         victims = _drilled(cli, tmp_path, [("partition", "read", "read"), ("partition", "flush", "flush"),
                                            ("partition", "hand-over", "hand-over")])
         code = cli.wait(BOUND)
@@ -115,7 +124,7 @@ def test_workers_killed_mid_read_mid_flush_and_in_the_hand_over(tmp_path, settin
     print(f"exit {code} after {cli.seconds:.1f} s")
     assert victims[0]["held_bytes"] > 0 and "keep_within" in victims[1]["stack"]
     assert "finish_load" in victims[2]["stack"]
-    verdict = _stage_verdict(cli, "partition", wh, lambda f: _rows(wh, "fact", f))
+    verdict = _stage_verdict(cli, "partition", wh, lambda f: _rows(wh, "fact", f, rows))
     print(verdict)
     assert code == (0 if verdict == "exact" else 1)
 

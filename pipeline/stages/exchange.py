@@ -27,6 +27,17 @@ SHARES_PER_ABSORB = 4
 PRIORITY = 10  # above the reads (0): an owner takes its shares before it reads on
 
 
+def wait_any(futures, timeout: float = 1.0) -> set:
+    """The futures that are done after waiting at most `timeout` s for one of them. distributed's `wait` raises
+    where concurrent.futures' returns — TimeoutError when none finished, CancelledError when one was cancelled
+    (its dependencies were lost with a worker) — so both are answers here, not errors."""
+    try:
+        wait(list(futures), timeout=timeout, return_when="FIRST_COMPLETED")
+    except (TimeoutError, CancelledError):
+        pass
+    return {f for f in futures if f.done()}
+
+
 class Exchange:
     def __init__(self, client: Client, run: str, load: str, owners: list[str], target, qtarget, budget: int):
         self.client, self.run, self.load = client, run, load
@@ -73,10 +84,7 @@ class Exchange:
                 self._absorb(o)
         deadline = time.monotonic() + timeout
         while self.absorbing:
-            try:
-                wait(list(self.absorbing), timeout=1.0, return_when="FIRST_COMPLETED")
-            except TimeoutError:  # distributed.wait raises where concurrent.futures.wait would return
-                pass
+            wait_any(self.absorbing)
             self._forget_finished()
             alive = set(self.client.scheduler_info(n_workers=-1)["workers"])
             for f, o in list(self.absorbing.items()):

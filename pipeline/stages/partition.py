@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from concurrent.futures import CancelledError
 
 import pyarrow as pa
-from distributed import Client, KilledWorker, as_completed, wait
+from distributed import Client, KilledWorker, as_completed
 from isal.isal_zlib import error as IsalError
 
 from ..config import Settings
@@ -34,7 +34,7 @@ from ..table.lineage import lineage
 from ..table.schema import QUARANTINE_ICEBERG, QUARANTINE_SPEC, bucket_count, fact_schema, fact_spec
 from ..table.write import WriteTarget
 from .accumulate import drop_load, finish_load, quarantine_table, split_by_owner
-from .exchange import Exchange
+from .exchange import Exchange, wait_any
 from .partition_commit import commit_load
 
 STAGE = "partition"
@@ -269,12 +269,14 @@ def _hand_over(client: Client, lid: str) -> list[dict]:
                              key=f"finish-{lid}-{uuid.uuid4().hex[:6]}"): w for w in holders}
     out, pending, deadline = [], set(futures), time.monotonic() + HAND_OVER_TIMEOUT
     while pending:
-        try:
-            done, pending = wait(pending, timeout=1.0, return_when="FIRST_COMPLETED")
-        except TimeoutError:  # distributed.wait raises where concurrent.futures.wait would return
-            done = set()
+        done = wait_any(pending)
+        pending -= done
         for f in done:
-            out.append(f.result())
+            if f.status == "finished":
+                out.append(f.result())
+            elif f.status == "error" and not isinstance(f.exception(), (CancelledError, KilledWorker)):
+                raise f.exception()
+            # cancelled or lost with its worker: its shares are missing and get read again
         alive = set(client.scheduler_info(n_workers=-1)["workers"])
         for f in [f for f in pending if futures[f] not in alive]:
             f.cancel()

@@ -1,0 +1,52 @@
+"""The exchange at scale, simulated on one machine: the same file partitioned by 1, 4 and 8 worker processes gives
+exactly the same rows and the same number of files per partition (one per source per load), because every
+partition's rows meet on its one owner whatever the worker count."""
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+from distributed import Client, LocalCluster
+
+from conftest import write_gz
+from outside import duckdb_rows
+from test_integrity import lines, table
+from pipeline.stages.accumulate import split_by_owner
+from pipeline.stages.partition import partition
+
+
+def files_per_partition(settings, name) -> Counter:
+    return Counter(tuple(task.file.partition) for task in table(settings, name).scan().plan_files())
+
+
+@pytest.mark.parametrize("workers", [1, 4, 8])
+def test_files_per_partition_do_not_grow_with_the_worker_count(settings, tmp_path, workers):
+    src = write_gz(tmp_path / "day.csv.gz", lines(60_000, 41, bad_every=997))
+    with LocalCluster(n_workers=workers, threads_per_worker=1, dashboard_address=":0", memory_limit="1GiB") as cluster, \
+            Client(cluster) as client:
+        rec = partition(client, settings, [src], "FACT")
+    assert rec["rows_read"] == 60_000 and rec["rows_written"] == 60_000 - 60
+    per = files_per_partition(settings, "FACT")
+    assert set(per.values()) == {1}, per  # one file per partition, like one worker writes
+    assert rec["files_written"] == len(per) == 3 * settings.buckets
+    ids = [r[0] for r in duckdb_rows(table(settings, "FACT").metadata_location, "impression_id")]
+    assert len(ids) == len(set(ids)) == 60_000 - 60
+
+
+def test_a_share_holds_exactly_its_owners_partitions():
+    import pyarrow as pa
+    from datetime import date, timedelta
+
+    days = [date(2019, 1, 1) + timedelta(d % 5) for d in range(5_000)]
+    rows = pa.table({"ad_date": pa.array(days, pa.date32()), "impression_id": pa.array(range(5_000), pa.int64()),
+                     "campaign_id": pa.array([f"c{i % 37}" for i in range(5_000)]).dictionary_encode(),
+                     "video_id": pa.array(["v"] * 5_000).dictionary_encode(),
+                     "viewing_percentage": pa.array([0.5] * 5_000)})
+    shares = split_by_owner(rows, 16, 3)
+    seen = 0
+    for owner, share in enumerate(shares):
+        part, keys, starts = share
+        assert all(k % 3 == owner for k in keys.tolist()) and list(keys) == sorted(keys)
+        assert starts[0] == 0 and starts[-1] == part.num_rows
+        seen += part.num_rows
+    assert seen == 5_000
