@@ -49,6 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--replace", action="store_true", help="replace the rows of sources loaded before")
     p.add_argument("--append", action="store_true",
                    help="load a file whose path was loaded before with other content as another source")
+    p.add_argument("--allow-empty", action="store_true",
+                   help="load a 0-byte source as a source without rows (default: refused, a failed upload)")
 
     s = sub.add_parser("stats", parents=[common], help="rows, rows per file, viewing_percentage mean/std")
     s.add_argument("table")
@@ -280,15 +282,15 @@ def _partition(args, settings, job=None) -> int:
         raise UsageError("partition needs at least one SOURCE and a TABLE")
     if args.buckets is not None and args.buckets < 1:
         raise UsageError("--buckets must be at least 1")
-    from .read.sources import stat
+    from .read.sources import refuse_empty, stat
     from .stages.partition import partition
 
-    for source in args.paths[:-1]:  # a mistyped path fails at once, before a cluster starts
-        stat(source)
+    for source in args.paths[:-1]:  # a mistyped path or an empty file fails at once, before a cluster starts
+        refuse_empty(source, int(stat(source).get("size", 0)), args.allow_empty)
     _writable(settings)
     with _client(settings) as client:
         partition(client, settings, args.paths[:-1], args.paths[-1], replace=args.replace, buckets=args.buckets,
-                  append=args.append)
+                  append=args.append, allow_empty=args.allow_empty)
     return 0
 
 

@@ -11,12 +11,13 @@ from dataclasses import dataclass
 
 import yaml
 
-from .errors import UsageError
+from .errors import LoadError, UsageError
 
 TOP_KEYS = {"warehouse", "catalog", "steps"}
 # step -> (required keys, optional keys with their types)
 STEPS = {
-    "partition": ({"table"}, {"sources": list, "source": str, "replace": bool, "append": bool, "buckets": int}),
+    "partition": ({"table"}, {"sources": list, "source": str, "replace": bool, "append": bool, "buckets": int,
+                              "allow_empty": bool}),
     "join": ({"dimension", "source", "table"}, {"full": bool}),
     "update": ({"dimension", "source", "table"}, {"full_snapshot": bool, "dry_run": bool}),
     "stats": ({"table"}, {"recount": bool}),
@@ -70,7 +71,7 @@ def _resolve(path: str, base: str) -> str:
 
 def check_steps(steps: list, settings, base: str) -> list[Step]:
     """Every step checked before any runs (see the module docstring); paths resolved, dimensions read."""
-    from .read.sources import stat
+    from .read.sources import refuse_empty, stat
     from .stages.dimension import as_dimension
     from .table.catalog import table_name
 
@@ -107,9 +108,9 @@ def check_steps(steps: list, settings, base: str) -> list[Step]:
             options["sources"] = [_resolve(s, base) for s in sources]
             for s in options["sources"]:
                 try:
-                    stat(s)
-                except UsageError as e:
-                    raise UsageError(f"{step}: {e}") from None
+                    refuse_empty(s, int(stat(s).get("size", 0)), options.get("allow_empty", False))
+                except (UsageError, LoadError) as e:
+                    raise type(e)(f"{step}: {e}") from None
         if name in ("join", "update"):
             options["dimension"] = _resolve(options["dimension"], base)
             try:
@@ -154,7 +155,8 @@ def run_steps(client, settings, steps: list[Step]) -> list[dict]:
             from .stages.partition import partition
 
             results.append(partition(client, settings, o["sources"], o["table"], replace=o.get("replace", False),
-                                     append=o.get("append", False), buckets=o.get("buckets")))
+                                     append=o.get("append", False), buckets=o.get("buckets"),
+                                     allow_empty=o.get("allow_empty", False)))
         elif step.name == "join":
             from .stages.join import join
 

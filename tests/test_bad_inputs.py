@@ -181,10 +181,7 @@ CASES = {
     "warehouse-under-a-regular-file": case_warehouse_under_a_file,
     "table-location-unwritable": case_table_location_unwritable,
 }
-XFAIL = {
-    "zero-byte-file": "a 0-byte file (a failed upload) is loaded as an empty source: SUCCEEDED, 0 rows, committed",
-    "zero-byte-file-allow-empty": "--allow-empty does not exist yet",
-}
+XFAIL: dict = {}  # case -> why it fails today (strict: it flips when fixed)
 
 
 def nothing_committed(before: dict, after: dict) -> None:

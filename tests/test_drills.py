@@ -143,9 +143,7 @@ def _joined(tmp_path, client, settings, source, update: bool) -> list[str]:
 @pytest.mark.parametrize("stage, workers", [
     ("join", 2),
     ("update", 2),
-    pytest.param("join", 1, marks=pytest.mark.xfail(strict=True, reason=(
-        "join/update lose the broadcast dimension with its only holder: every task is cancelled "
-        "('FutureCancelledError: join_file-… cancelled for reason: already forgotten') instead of re-run"))),
+    ("join", 1),
 ], ids=["join", "update-rewrite", "join-single-worker"])
 def test_a_worker_killed_mid_join_or_mid_update_rewrite(stage, workers, tmp_path, client, settings, source):
     """A worker SIGKILLed while it joins (or, in an update, rewrites) a file; its nanny starts a fresh one. The

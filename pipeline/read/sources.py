@@ -13,7 +13,7 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from ..errors import UsageError
+from ..errors import LoadError, UsageError
 from ..storage import filesystem, full_url, is_remote, translate_error
 
 GZIP_MAGIC = b"\x1f\x8b"
@@ -55,6 +55,14 @@ def stat(url: str) -> dict:
     if info.get("type") == "directory":
         raise UsageError(f"input is a directory, not a file: {url}")
     return info
+
+
+def refuse_empty(url: str, size: int, allow_empty: bool) -> None:
+    """A 0-byte input is almost always a failed or unfinished upload: loading it would record the source as
+    loaded, with no rows, and the real file would then look like a changed one. Refused unless allowed."""
+    if size == 0 and not allow_empty:
+        raise LoadError(f"{url} is empty (0 bytes: a failed or unfinished upload?); nothing was loaded "
+                        f"(--allow-empty loads it as a source without rows)")
 
 
 def describe(url: str) -> Source:

@@ -1,6 +1,6 @@
 """The join stage: FACT_PARTITIONED ⋈ campaign dimension → FACT_JOINED, as a broadcast join.
 
-The dimension is read once on the driver and scattered to every worker once; each task reads one source data
+The dimension is read once on the driver and scattered to every worker once (again if its holders die); each task reads one source data
 file, left-joins it with the dimension and writes one file into the same (date, bucket) partition of the target,
 named for the same source. Joins are incremental by lineage (table/lineage.py): the target holds the source
 loads it has joined; a run joins the source's loads it does not hold yet and drops the rows of loads the source
@@ -14,12 +14,11 @@ import json
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-from distributed import Client, as_completed
+from distributed import Client
 
 from ..errors import LoadError, UsageError
 from ..report import stats
 from ..report.loads import FAILURES, Load, fail, load_id, report_files, say
-from ..report.progress import Progress
 from ..schema import COLUMNS
 from ..table.bucket import bucket_of
 from ..table.catalog import create_or_load, load_table, open_catalog, qualified, table_name, table_properties
@@ -30,6 +29,7 @@ from ..table.schema import add_columns, bucket_count, fact_schema, fact_spec
 from ..table.write import WriteTarget, WrittenFile, write_data_files
 from .dimension import Dimension, as_dimension, store
 from .partition_commit import PROP_LOAD, PROP_SOURCES, PROP_STAGE
+from .tasks import map_shared
 
 STAGE = "join"
 MATCHED = "__dimension_matched"
@@ -60,7 +60,7 @@ def read_file(target: WriteTarget, path: str) -> pa.Table:
         return pq.read_table(f)
 
 
-def join_file(src: WriteTarget, dst: WriteTarget, path: str, dim_rows: pa.Table, attributes: list[str]) -> dict:
+def join_file(src: WriteTarget, dst: WriteTarget, dim_rows: pa.Table, path: str, attributes: list[str]) -> dict:
     """Read one source file, join it, write it into the same partition of the target, named for the same source
     (the target's writer puts the columns in its order and types, and fills the ones the rows lack with nulls)."""
     facts = read_file(src, path)
@@ -88,23 +88,9 @@ def evolve(table, dim: Dimension):
 
 def run_file_tasks(client: Client, src: WriteTarget, dst: WriteTarget, paths: list[str], dim: Dimension,
                    label: str) -> list[dict]:
-    """Broadcast the dimension once, then one join task per file."""
-    # the dimension and the two tables' metadata go to each worker once, not with every task
-    dim_future, src, dst = client.scatter([broadcast_copy(dim), src, dst], broadcast=True, hash=False)
-    futures = [client.submit(join_file, src, dst, p, dim_future, dim.attributes, pure=False) for p in paths]
-    progress = Progress(len(futures), label)
-    out = []
-    try:
-        for fut in as_completed(futures):
-            out.append(fut.result())
-            progress.step()
-    except Exception:
-        for f in futures:
-            f.cancel()
-        raise
-    finally:
-        progress.close()
-    return out
+    """One join task per file; the dimension and both tables' metadata go to each worker once."""
+    return map_shared(client, join_file, [src, dst, broadcast_copy(dim)], [(p, dim.attributes) for p in paths],
+                      label)
 
 
 def files_by_source(table) -> dict:

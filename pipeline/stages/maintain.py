@@ -14,11 +14,10 @@ from __future__ import annotations
 from datetime import datetime, timezone
 
 import pyarrow as pa
-from distributed import Client, as_completed
+from distributed import Client
 
 from ..errors import LoadError
 from ..report.loads import FAILURES, Load, emit, fail, load_id, say
-from ..report.progress import Progress
 from ..table import maintenance
 from ..table.catalog import load_table, open_catalog, qualified, table_name
 from ..table.commit import Change, commit, without_auto_retry
@@ -26,6 +25,7 @@ from ..table.lineage import fingerprint_of
 from ..table.write import WriteTarget, to_date, write_data_files
 from .join import UNKNOWN_SOURCE, read_file
 from .partition_commit import PROP_LOAD, PROP_STAGE
+from .tasks import map_shared
 
 SMALL = 0.75  # a file below this share of the target size is "small"
 ATTEMPTS = 3
@@ -103,20 +103,12 @@ def _compact_once(client, table, ident, target_size) -> dict:
                            files_written=0, bytes_written=0, files_rewritten=0, reason="no partition has small files")
     inputs = [f for b in batches for f in b["files"]]
     load.status("RUNNING", files_rewritten=len(inputs))
-    target = client.scatter(WriteTarget.of(table), broadcast=True, hash=False)
-    futures = [client.submit(compact_batch, target, [f.file_path for f in b["files"]],
-                             _partition_values(table, b["files"][0]), b["source"], pure=False) for b in batches]
-    written, progress = [], Progress(len(futures), "compact")
+    calls = [([f.file_path for f in b["files"]], _partition_values(table, b["files"][0]), b["source"])
+             for b in batches]
     try:
-        for fut in as_completed(futures):
-            written += fut.result()
-            progress.step()
+        written = [w for ws in map_shared(client, compact_batch, [WriteTarget.of(table)], calls, "compact") for w in ws]
     except FAILURES as e:
-        for f in futures:
-            f.cancel()
         fail(load, e)
-    finally:
-        progress.close()
     rows_in = sum(f.record_count for f in inputs)
     rows_out = sum(w.data_file.record_count for w in written)
     if rows_in != rows_out:

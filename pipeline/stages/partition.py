@@ -23,7 +23,7 @@ from ..errors import LoadError, UsageError
 from ..read.gzindex import build_index, cache_url
 from ..read.parse import parse_block
 from ..read.ranges import ByteRange, LongLine, open_range, owned_blocks, plan_indexed, plan_plain
-from ..read.sources import Source, describe_all, is_gzip
+from ..read.sources import Source, describe_all, is_gzip, refuse_empty
 from ..report import stats
 from ..report.loads import FAILURES, Load, fail, load_id, report_files, say
 from ..report.progress import Progress
@@ -149,7 +149,8 @@ def plan_sources(sources: list[Source], committed: dict, replace: bool, append: 
 
 
 def partition(client: Client, settings: Settings, source_urls: list[str], table_arg: str,
-              replace: bool = False, buckets: int | None = None, append: bool = False) -> dict:
+              replace: bool = False, buckets: int | None = None, append: bool = False,
+              allow_empty: bool = False) -> dict:
     """Run the partition stage; returns the final load record (raises LoadError after a FAILED line)."""
     if replace and append:
         raise UsageError("--replace and --append exclude each other")
@@ -157,6 +158,7 @@ def partition(client: Client, settings: Settings, source_urls: list[str], table_
     sources = describe_all(source_urls)
     seen = {}
     for s in sources:
+        refuse_empty(s.url, s.size, allow_empty)
         if s.fingerprint in seen:
             raise UsageError(f"the same content is given twice: {seen[s.fingerprint]} and {s.url}")
         seen[s.fingerprint] = s.url

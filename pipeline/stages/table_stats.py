@@ -19,6 +19,7 @@ from ..table.catalog import load_table, open_catalog, qualified, table_name
 from ..table.files import audit_files, files_moments
 from ..table.lineage import fingerprint_of, lineage
 from ..table.write import WriteTarget
+from .tasks import map_shared
 
 FILES_PER_TASK = 64
 
@@ -109,6 +110,4 @@ def _read_on_cluster(client, table, paths: list[str], audit: bool) -> list:
     fn = audit_files if audit else files_moments
     if client is None:
         return [r for b in batches for r in fn(target, b)]
-    target_f = client.scatter(target, broadcast=True, hash=False)  # once per worker, not once per task
-    futures = client.map(fn, [target_f] * len(batches), batches, pure=False)
-    return [r for batch in client.gather(futures) for r in batch]
+    return [r for batch in map_shared(client, fn, [target], [(b,) for b in batches], "read files") for r in batch]

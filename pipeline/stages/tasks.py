@@ -1,0 +1,58 @@
+"""One task per file on the cluster, with values every task shares (table metadata, the dimension) sent to each
+worker once — and sent again when the workers that held them are gone.
+
+`client.scatter(..., broadcast=True)` puts a copy on every worker, which Dask cannot recompute: when every holder
+dies (one worker, restarted by its nanny) the tasks that need it are cancelled ("already forgotten"). The tasks
+here are idempotent (each writes new files under a new name and returns what it wrote), so the ones that lost
+their inputs or their worker are simply run again on freshly scattered values; a task's own error fails the stage.
+"""
+from __future__ import annotations
+
+from concurrent.futures import CancelledError
+
+from distributed import Client, KilledWorker, as_completed
+
+from ..errors import LoadError
+from ..report.loads import say
+from ..report.progress import Progress
+
+ATTEMPTS = 3
+
+
+def map_shared(client: Client, fn, shared: list, calls: list[tuple], label: str) -> list:
+    """`fn(*shared, *call)` for every call, on the cluster; results in the order of `calls`."""
+    results: list = [None] * len(calls)
+    todo = list(range(len(calls)))
+    progress = Progress(len(calls), label)
+    try:
+        for _ in range(ATTEMPTS):
+            lost = _run(client, fn, shared, calls, todo, results, progress)
+            if not lost:
+                return results
+            say(f"{label}: {len(lost)} task(s) lost their worker or its shared inputs; running them again")
+            todo = lost
+        raise LoadError(f"{label}: {len(todo)} task(s) were lost with their workers {ATTEMPTS} times")
+    finally:
+        progress.close()
+
+
+def _run(client, fn, shared, calls, todo, results, progress) -> list[int]:
+    """One round: the calls of `todo`; returns the ones lost with a worker."""
+    held = client.scatter(shared, broadcast=True, hash=False) if shared else []
+    futures = {client.submit(fn, *held, *calls[i], pure=False): i for i in todo}
+    lost = []
+    try:
+        for fut in as_completed(futures):
+            i = futures[fut]
+            if fut.status == "finished":
+                results[i] = fut.result()
+                progress.step()
+            elif fut.status == "cancelled" or isinstance(fut.exception(), (CancelledError, KilledWorker)):
+                lost.append(i)
+            else:
+                raise fut.exception()
+    except BaseException:
+        for f in futures:
+            f.cancel()
+        raise
+    return sorted(lost)
