@@ -5,6 +5,7 @@ Resolved once into a frozen `Settings` so the rest of the code never reads globa
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from pathlib import Path
@@ -173,6 +174,10 @@ def validate(s: Settings) -> None:
         raise UsageError("records.heartbeat must be above 0 and below records.stale-after")
     if s.maintenance.target_file_size < 1 << 20 or s.maintenance.retain_last < 1:
         raise UsageError("maintenance.target-file-size must be at least 1 MiB and maintenance.retain-last at least 1")
+    for key, name in (("namespace", s.namespace), ("tables.quarantine", s.quarantine_table),
+                      ("tables.dimension", s.dimension_table), ("tables.loads", s.loads_table)):
+        if not re.fullmatch(r"[A-Za-z0-9_]+", name):  # a name becomes a path under the warehouse
+            raise UsageError(f"impressions.{key} must be a plain name (letters, digits, underscores), got {name!r}")
     codecs = ("zstd", "snappy", "gzip", "lz4", "brotli", "none")
     if s.compression not in codecs:
         raise UsageError(f"write.compression must be one of {', '.join(codecs)}, got {s.compression!r}")

@@ -98,12 +98,9 @@ def test_hostile_table_names_that_are_accepted_are_normalised_inside_the_warehou
 
 @pytest.mark.parametrize("env, refused", [
     ({"DASK_IMPRESSIONS__NAMESPACE": "../../escaped_ns"}, True),
-    pytest.param({"DASK_IMPRESSIONS__TABLES__QUARANTINE": "../../escaped_quarantine",
-                  "DASK_IMPRESSIONS__TABLES__DIMENSION": "../../escaped_dimension",
-                  "DASK_IMPRESSIONS__TABLES__LOADS": "../../escaped_loads"}, None,
-                 marks=pytest.mark.xfail(strict=True, reason=(
-                     "configured table names (impressions.tables.quarantine/dimension/loads) are not validated: "
-                     "'../../x' puts that table's metadata and data (raw quarantined lines) outside the warehouse"))),
+    ({"DASK_IMPRESSIONS__TABLES__QUARANTINE": "../../escaped_quarantine",
+      "DASK_IMPRESSIONS__TABLES__DIMENSION": "../../escaped_dimension",
+      "DASK_IMPRESSIONS__TABLES__LOADS": "../../escaped_loads"}, True),
 ], ids=["namespace", "configured-table-names"])
 def test_configured_names_are_refused_or_stay_inside_the_warehouse(env, refused, tree, client):
     tmp, wh, src = tree
