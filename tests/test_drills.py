@@ -37,6 +37,8 @@ from drills_cli import (Cli, Observer, campaign_counts, cli_env, dimension_csv, 
 from drills_judge import (data_files_on_disk, exact, live_data_files, names_by_campaign, snapshots_of_load, state,
                           table, unreachable_files)
 
+pytestmark = pytest.mark.slow  # real processes killed: minutes in all, every run bounded (BOUND)
+
 ROWS = 120_000  # ~3.6 MB of CSV: 14 read tasks of 256 KiB, 40 partitions (5 dates x 8 buckets)
 BOUND = 240  # seconds any one drilled run may take before it counts as hung
 NAMES = {f"campaign_{i:02d}": f"Campaign {i}" for i in range(40)}

@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DOCKERFILE = ROOT / "docker" / "Dockerfile"
 TAG = "localhost/impressions-test"
 # builds and runs the image: minutes on a clean machine, seconds when cached; part of `make test`
-# (`-m "not slow"` leaves it out). Registering the marker belongs in pyproject's pytest section.
+# (`-m "not slow"` leaves it out).
 slow = pytest.mark.slow
 
 

@@ -32,26 +32,6 @@ FDS = 4
 THREADS = 2
 
 
-def _slow_mark():
-    """`pytest.mark.slow` once pyproject.toml registers the marker (an unregistered mark warns); until then no mark.
-    The line to add under [tool.pytest.ini_options]: markers = ["slow: long-running soak tests (still in make test)"]
-    """
-    def unmarked(test):
-        return test
-
-    try:
-        import tomllib
-    except ImportError:  # Python 3.10
-        return unmarked
-    try:
-        with open(os.path.join(os.path.dirname(__file__), "..", "pyproject.toml"), "rb") as f:
-            ini = tomllib.load(f).get("tool", {}).get("pytest", {}).get("ini_options", {})
-    except OSError:
-        return unmarked
-    registered = {str(m).split(":")[0].split("(")[0].strip() for m in ini.get("markers", [])}
-    return pytest.mark.slow if "slow" in registered else unmarked
-
-
 def _lines(i: int) -> bytes:
     """Load i: ROWS impressions of one campaign on one date, ids i*ROWS+1 …"""
     out = [f"01/{1 + i % 5:02d}/2019,{i * ROWS + k + 1},campaign_{i % 40:02d},video_{k % 7},{(k * 37 % 10001) / 10000}"
@@ -101,7 +81,7 @@ def long_lived():
         yield c
 
 
-@_slow_mark()
+@pytest.mark.slow
 def test_fifty_loads_on_one_cluster_do_not_grow_the_workers(long_lived, settings, tmp_path):
     from pipeline.stages.join import join
     from pipeline.stages.partition import partition
