@@ -9,7 +9,7 @@ import contextlib
 
 from distributed import Client
 
-from .local import announce, local_cluster
+from .local import announce, local_cluster, quiet_driver
 
 
 @contextlib.contextmanager
@@ -19,6 +19,7 @@ def connect(scheduler: str | None = None, workers: int = 2, threads_per_worker: 
 
     With `scheduler` the running cluster is used as it is and `workers` is ignored.
     """
+    quiet_driver()
     if scheduler:
         with Client(scheduler) as client:
             announce(client)

@@ -31,6 +31,14 @@ def _worker_log_level() -> int:
     return logging.INFO if os.environ.get("IMPRESSIONS_DEBUG") else logging.CRITICAL
 
 
+def quiet_driver() -> None:
+    """stderr of a command carries only its own lines: the client's reconnect chatter and asyncio's "Future
+    exception was never retrieved" (a connection timing out while the client closes) only with IMPRESSIONS_DEBUG."""
+    if not os.environ.get("IMPRESSIONS_DEBUG"):
+        for name in ("asyncio", "distributed.client", "distributed.batched"):
+            logging.getLogger(name).setLevel(logging.CRITICAL)
+
+
 def announce(client: Client) -> None:
     link = client.dashboard_link if client.dashboard_link else "(no dashboard)"
     sys.stderr.write(f"Dask dashboard: {link}\n")
