@@ -193,6 +193,9 @@ def _client(settings):
                 raise UsageError(f"cannot reach the Dask scheduler at {settings.scheduler}: "
                                  f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
             raise
+        from .stages.tasks import warm_up
+
+        warm_up(client)
         page = live.install(client)
         if page:
             say(f"pipeline page: {page}")

@@ -318,3 +318,27 @@ def test_a_worker_lost_mid_load_is_made_up_for(settings, tmp_path):
     assert record["rows_written"] == 400_000 and record["rows_read"] == 400_000
     rows = load_table(open_catalog(settings.warehouse, settings.catalog), table_name("FACT")).scan().to_arrow()
     assert rows.num_rows == 400_000 and pa.compute.count_distinct(rows["impression_id"]).as_py() == 400_000
+
+
+def test_ranges_cover_the_stream_once_and_the_tail_is_cut_finer():
+    """The plan is plain data: contiguous ranges from `start` to the end, each cut at a seek point; the last
+    `tail` bytes in ranges of half the size, so the workers' last tasks end close together."""
+    from pipeline.read.gzindex import GzipIndex, SeekPoint
+    from pipeline.read.ranges import plan_indexed
+
+    mib = 1 << 20
+    size = 1000 * mib
+    points = tuple(SeekPoint(i, i * 4 * mib, 0, -1) for i in range(size // (4 * mib)))
+    index = GzipIndex("file:///x", 0, size // 4, size, 4 * mib, 32768, points)
+    for tail in (0, 256 * mib):
+        ranges = plan_indexed(0, index, 128 * mib, start=256 * mib, first_number=1, tail=tail)
+        assert ranges[0].start == 256 * mib and ranges[-1].end is None
+        assert all(a.end == b.start for a, b in zip(ranges, ranges[1:]))
+        assert [r.number for r in ranges] == list(range(1, len(ranges) + 1))
+        sizes = [(r.end or size) - r.start for r in ranges]
+        if tail == 0:
+            assert set(sizes[:-1]) == {128 * mib}
+        else:
+            in_tail = [s for r, s in zip(ranges, sizes) if size - r.start <= tail]
+            assert in_tail and max(in_tail) == 64 * mib
+            assert set(s for r, s in zip(ranges, sizes) if size - r.start > tail) == {128 * mib}

@@ -35,11 +35,12 @@ class ByteRange:
 
 
 def plan_indexed(source_index: int, index: GzipIndex, range_size: int, start: int = 0,
-                 first_number: int = 0) -> list[ByteRange]:
+                 first_number: int = 0, tail: int = 0) -> list[ByteRange]:
     """Ranges of about `range_size` uncompressed bytes over [start, end of stream), cut at seek points.
 
     `start` need not be a seek point (the part before it may have been read by a streaming head task while
-    the index was built): the first range opens at the point before it and inflates forward to it.
+    the index was built): the first range opens at the point before it and inflates forward to it. The last
+    `tail` bytes are cut into ranges of half the size, so that the workers' last tasks end close together.
     """
     points = [p for p in index.points if p.uncompressed < index.uncompressed_size]
     if not points:  # an empty stream still gets one (empty) range, so it is accounted for
@@ -48,7 +49,8 @@ def plan_indexed(source_index: int, index: GzipIndex, range_size: int, start: in
         return []
     bounds = [start]
     for p in points:
-        if p.uncompressed - bounds[-1] >= range_size:
+        step = range_size if index.uncompressed_size - bounds[-1] > tail else max(1, range_size // 2)
+        if p.uncompressed - bounds[-1] >= step:
             bounds.append(p.uncompressed)
     header = replace(index, points=())
     offsets = [p.uncompressed for p in points]

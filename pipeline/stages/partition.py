@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from concurrent.futures import CancelledError
@@ -193,17 +194,18 @@ def partition(client: Client, settings: Settings, source_urls: list[str], table_
 
 def _run(client, settings, table, qtable, plan: Plan, load: Load) -> dict:
     sources = plan.todo
-    # table metadata grows with the table's history: send it to each worker once, not with every task
-    target, qtarget = client.scatter([WriteTarget.of(table), WriteTarget.of(qtable)], broadcast=True, hash=False)
     owners = list(client.scheduler_info(n_workers=-1)["workers"])
-    exchange = Exchange(client, load.run_id, load.load_id, owners, target, qtarget, settings.memory_budget)
     buckets = bucket_count(table)
-    ranges, pending = start_sources(client, sources, settings)
-    futures = _submit(client, sources, ranges, load.load_id, len(exchange), buckets, settings)
+    ranges, pending = start_sources(client, sources, settings)  # the workers start reading at once
+    futures = _submit(client, sources, ranges, load.load_id, len(owners), buckets, settings)
+    # meanwhile: table metadata grows with the table's history: send it to each worker once, not with every task
+    target, qtarget = client.scatter([WriteTarget.of(table), WriteTarget.of(qtable)], broadcast=True, hash=False)
+    exchange = Exchange(client, load.run_id, load.load_id, owners, target, qtarget, settings.memory_budget)
     for i, index in pending.items():  # while an index pass runs, the file's head is read (start_sources)
         head = next((r for r in ranges if r.source_index == i), None)
         more = plan_indexed(i, _result(index, futures), settings.read.range_size,
-                            start=head.end if head else 0, first_number=1 if head else 0)
+                            start=head.end if head else 0, first_number=1 if head else 0,
+                            tail=len(owners) * settings.read.range_size)
         ranges += more
         futures += _submit(client, sources, more, load.load_id, len(exchange), buckets, settings)
     say(f"{len(ranges)} read task(s) over {len(sources)} source(s), {len(exchange)} owner(s)")
@@ -342,7 +344,8 @@ def start_sources(client: Client, sources: list[Source], settings: Settings):
     """
     rs = settings.read
     workers = max(1, len(client.scheduler_info(n_workers=-1)["workers"]))
-    kinds = client.gather([client.submit(is_gzip, s, pure=False) for s in sources])
+    with ThreadPoolExecutor(min(8, len(sources))) as pool:  # two bytes each, read here: no round trip
+        kinds = list(pool.map(is_gzip, sources))
     now, pending = [], {}
     for i, (s, gz) in enumerate(zip(sources, kinds)):
         if not gz:

@@ -10,13 +10,30 @@ from __future__ import annotations
 
 from concurrent.futures import CancelledError
 
-from distributed import Client, KilledWorker, as_completed
+from distributed import Client, KilledWorker, as_completed, fire_and_forget
 
 from ..errors import LoadError
 from ..report.loads import say
 from ..report.progress import Progress
 
 ATTEMPTS = 3
+WORKER_MODULES = ("pipeline.stages.partition", "pipeline.stages.join", "pipeline.stages.maintain")
+
+
+def warm_up(client: Client) -> None:
+    """Import the stage modules on every worker now, without waiting for it: a fresh worker would otherwise
+    import them (~1 s of pyarrow, pyiceberg, s3fs) inside the first task of the load, on its critical path,
+    while the driver is still fingerprinting sources and opening the catalog."""
+    for worker in client.scheduler_info(n_workers=-1)["workers"]:
+        fire_and_forget(client.submit(_import, WORKER_MODULES, workers=[worker], allow_other_workers=False,
+                                      pure=False, key=f"warm-up-{worker}"))
+
+
+def _import(names) -> None:
+    import importlib
+
+    for name in names:
+        importlib.import_module(name)
 
 
 def map_shared(client: Client, fn, shared: list, calls: list[tuple], label: str) -> list:

@@ -83,6 +83,8 @@ def write_data_files(target: WriteTarget, groups: list[tuple[tuple, str, pa.Tabl
     options = parquet_options(metadata.properties)
     options["use_dictionary"] = [f.name for f in arrow_schema
                                  if pa.types.is_string(f.type) or pa.types.is_date(f.type)]
+    # ids and offsets: delta-encoded, which is both smaller and cheaper to compress than plain (ids grow)
+    options["column_encoding"] = {f.name: "DELTA_BINARY_PACKED" for f in arrow_schema if pa.types.is_int64(f.type)}
     row_group = int(metadata.properties.get("write.parquet.row-group-limit", 1048576))
     locations = load_location_provider(table_location=metadata.location, table_properties=metadata.properties)
     plan = compute_statistics_plan(schema, metadata.properties)
@@ -94,7 +96,8 @@ def write_data_files(target: WriteTarget, groups: list[tuple[tuple, str, pa.Tabl
         i, (values, source, rows) = item
         key = partition_key(target, values)
         path = locations.new_data_location(data_file_name=file_name(source, write_id, i), partition_key=key)
-        table = _conform(rows, arrow_schema)
+        # one chunk per column: the writer encodes a chunked dictionary column chunk by chunk (~1.7x the time)
+        table = _conform(rows, arrow_schema).unify_dictionaries().combine_chunks()
         moments = stats.chunk(table["viewing_percentage"]) if "viewing_percentage" in table.column_names \
             else stats.Moments.empty()
         def write(stream):
