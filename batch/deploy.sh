@@ -43,8 +43,9 @@ fi
 deploy_stack() {
   [ -n "$vpc" ] && [ -n "$subnets" ] || die "--vpc and --subnets are needed to deploy the stack"
   echo "deploying stack $stack (image tag $tag); this takes several minutes" >&2
+  # --nodes N is the stack's NumNodes too: the schedule and the on-arrival rule submit the job definition as it is
   aws stack --stack "$stack" --template batch/stack.yaml VpcId="$vpc" SubnetIds="$subnets" ImageTag="$tag" \
-    ${params[@]+"${params[@]}"}
+    ${nodes:+NumNodes="$nodes"} ${params[@]+"${params[@]}"}
 }
 
 if [ "$with_stack" = 1 ]; then

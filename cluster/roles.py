@@ -13,6 +13,7 @@ import os
 import signal
 import threading
 import time
+import warnings
 from collections import Counter
 
 from distributed import Client, Nanny, Scheduler
@@ -77,9 +78,13 @@ class SchedulerThread:
 
     async def _main(self) -> None:
         dashboard = f"{self.host or ''}:{self.dashboard_port}"
-        async with Scheduler(host=self.host, port=self.port, dashboard_address=dashboard,
-                             dashboard=True) as scheduler:
+        with warnings.catch_warnings():  # a taken dashboard port: distributed picks another, said by start()
+            warnings.filterwarnings("ignore", message="Port .* is already in use")
+            scheduler = Scheduler(host=self.host, port=self.port, dashboard_address=dashboard, dashboard=True)
+        async with scheduler:
             self._loop, self._scheduler = asyncio.get_running_loop(), scheduler
+            server = getattr(scheduler, "http_server", None)
+            self.dashboard_port = getattr(server, "port", None) or self.dashboard_port
             self._ready.set()
             await scheduler.finished()
 
@@ -119,8 +124,11 @@ class MainNode:
         previous = signal.signal(signal.SIGTERM, _stop)  # Batch stops a job with SIGTERM: shut down cleanly
         try:
             scheduler = SchedulerThread(s.host, s.scheduler_port, s.dashboard_port).start()
+            moved = "" if scheduler.dashboard_port == s.dashboard_port else \
+                f" (node.dashboard-port {s.dashboard_port} was taken)"
             say(f"impressions {self.node.label}: scheduler at port {s.scheduler_port}, dashboard at port "
-                f"{s.dashboard_port}; waiting up to {s.wait_timeout:.0f}s for {self.node.workers_expected} workers")
+                f"{scheduler.dashboard_port}{moved}; waiting up to {s.wait_timeout:.0f}s for "
+                f"{self.node.workers_expected} workers")
             try:
                 client = Client(scheduler.address, timeout=START_TIMEOUT)
                 try:

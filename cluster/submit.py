@@ -56,13 +56,21 @@ def submit_request(job_url: str, job_queue: str, job_definition: str, nodes: int
             "nodeOverrides": overrides, "propagateTags": True, "tags": {"application": "impressions"}}
 
 
-def request_problems(job_url: str, nodes: int | None) -> list[str]:
+def request_problems(job_url: str, nodes: int | None, job_queue: str = "q", job_definition: str = "d",
+                     environment: Mapping[str, str] | None = None) -> list[str]:
     """What can be checked without AWS."""
     problems = []
-    if not job_url.startswith("s3://"):
-        problems.append(f"JOB must be an s3:// URL the nodes can read, got {job_url}")
+    if not re.fullmatch(r"s3://[^/]+/.*[^/]", job_url):
+        problems.append(f"JOB must be an s3:// URL of an object the nodes can read, got {job_url}")
     if nodes is not None and nodes < 2:
         problems.append(f"--nodes must be at least 2 (the main node runs only the scheduler), got {nodes}")
+    for option, value in (("--job-queue", job_queue), ("--job-definition", job_definition)):
+        if not value.strip():
+            problems.append(f"{option} must not be empty")
+    warehouse = (environment or {}).get("DASK_IMPRESSIONS__WAREHOUSE", "")
+    if warehouse and "://" not in warehouse and not warehouse.startswith("/"):
+        problems.append(f"the warehouse {warehouse!r} (DASK_IMPRESSIONS__WAREHOUSE or --warehouse) is relative: each "
+                        "node would have its own; use an s3:// prefix (or an absolute path on a shared file system)")
     return problems
 
 
@@ -103,12 +111,11 @@ def node_rule_problems(job_definition: dict, nodes: int | None) -> list[str]:
 def main(args) -> int:
     settings = load_node_settings()
     parse_job(args.job, {})  # a .yaml or .sh, as the node will read it
-    problems = request_problems(args.job, args.nodes)
+    environment = forwarded_environment(os.environ, getattr(args, "warehouse", None), getattr(args, "catalog", None))
+    problems = request_problems(args.job, args.nodes, args.job_queue, args.job_definition, environment)
     if problems:
         raise UsageError("; ".join(problems))
-    request = submit_request(args.job, args.job_queue, args.job_definition, args.nodes,
-                             forwarded_environment(os.environ, getattr(args, "warehouse", None),
-                                                   getattr(args, "catalog", None)))
+    request = submit_request(args.job, args.job_queue, args.job_definition, args.nodes, environment)
     if args.dry_run:
         emit({"submit_job": request})
         return 0

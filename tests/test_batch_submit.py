@@ -93,8 +93,14 @@ def test_job_names_and_forwarded_configuration():
         "DASK_IMPRESSIONS__CATALOG": "glue", "DASK_IMPRESSIONS__NODE__WAIT_TIMEOUT": "5m",
         "DASK_IMPRESSIONS__WAREHOUSE": "s3://b/t", "IMPRESSIONS_DEBUG": "1"}
     assert request_problems("jobs/daily.yaml", 1) == [
-        "JOB must be an s3:// URL the nodes can read, got jobs/daily.yaml",
+        "JOB must be an s3:// URL of an object the nodes can read, got jobs/daily.yaml",
         "--nodes must be at least 2 (the main node runs only the scheduler), got 1"]
+    assert request_problems("s3:///daily.yaml", 3)[0].startswith("JOB must be an s3:// URL")  # no bucket
+    assert request_problems("s3://b/jobs/", 3)[0].startswith("JOB must be an s3:// URL")  # a prefix, not a file
+    assert request_problems("s3://b/daily.yaml", 3, " ", "d") == ["--job-queue must not be empty"]
+    assert "is relative" in request_problems("s3://b/daily.yaml", 3, environment={
+        "DASK_IMPRESSIONS__WAREHOUSE": "./warehouse"})[0]
+    assert request_problems("s3://b/daily.yaml", 3, environment={"DASK_IMPRESSIONS__WAREHOUSE": "/efs/tables"}) == []
 
 
 def test_the_dashboard_tunnel_never_needs_an_open_port():
