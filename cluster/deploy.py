@@ -24,7 +24,7 @@ from pipeline.errors import LoadError, UsageError
 OUTPUT_NAMES = {"Bucket": "BUCKET", "InputUrl": "INPUT_URL", "Warehouse": "WAREHOUSE", "JobsUrl": "JOBS_URL",
                 "RepositoryName": "REPOSITORY", "RepositoryUri": "REPOSITORY_URI", "JobQueue": "JOB_QUEUE",
                 "JobDefinition": "JOB_DEFINITION", "LogGroup": "LOG_GROUP", "SecurityGroup": "SECURITY_GROUP",
-                "GlueDatabase": "GLUE_DATABASE"}
+                "GlueDatabase": "GLUE_DATABASE", "Dashboard": "DASHBOARD_URL"}
 
 
 def shell_lines(outputs: dict[str, str]) -> str:

@@ -63,6 +63,7 @@ VALUES = {"AWS::Partition": "aws", "AWS::Region": "eu-west-1", "AWS::AccountId":
           "JobQueue": "arn:aws:batch:eu-west-1:111122223333:job-queue/impressions-queue",
           "JobDefinition": "arn:aws:batch:eu-west-1:111122223333:job-definition/impressions-node:1",
           "Repository": "impressions-repository", "NodeSecurityGroup": "sg-0123", "GlueDatabase": "impressions",
+          "Dashboard": "impressions-loads",
           "Repository.RepositoryUri": "111122223333.dkr.ecr.eu-west-1.amazonaws.com/impressions-repository"}
 
 
@@ -350,3 +351,16 @@ def test_outputs_name_what_deploy_and_submit_need(template):
     assert "BUCKET=data-bucket\n" in lines and "JOBS_URL=s3://data-bucket/jobs\n" in lines
     assert "JOB_QUEUE=arn:aws:batch:eu-west-1:111122223333:job-queue/impressions-queue\n" in lines
     assert "REPOSITORY_URI=111122223333.dkr.ecr.eu-west-1.amazonaws.com/impressions-repository\n" in lines
+
+
+def test_the_stack_dashboard_is_the_one_the_queries_module_builds(template):
+    """One place for the queries: the template's DashboardBody is report/queries.py's body for the stack's own
+    log group and region (regenerate it with the command in the template's comment when the queries change)."""
+    from pipeline.report.queries import dashboard_body
+
+    (name, dashboard), = resources(template, "AWS::CloudWatch::Dashboard").items()
+    body = dashboard["Properties"]["DashboardBody"]["Fn::Sub"]
+    assert json.loads(body) == dashboard_body("${AWS::Region}", "${LogGroup}")
+    text = json.dumps(json.loads(body))
+    for widget in ("Loads: latest status", "Rows per file", "viewing_percentage stddev", "Failed loads"):
+        assert widget in text, widget
