@@ -366,6 +366,13 @@ def test_every_data_file_carries_its_rows_and_the_bucket_tag_the_table_total(run
         assert int(meta["rows"]) == task.file.record_count and int(meta["vp-n"]) == task.file.record_count
         total += int(meta["rows"])
     assert total == counted == ROWS
+    # every data file of the warehouse, the load history's and the quarantine's included, carries its rows
+    for ident in cat.list_tables("impressions"):
+        other = cat.load_table(ident)
+        for task in (other.scan().plan_files() if other.current_snapshot() else []):
+            key = task.file.file_path.split(f"s3://{run.bucket}/", 1)[1]
+            meta = run.s3.head_object(Bucket=run.bucket, Key=key)["Metadata"]
+            assert int(meta["rows"]) == task.file.record_count, (ident, key)
     tags = {x["Key"]: x["Value"] for x in run.s3.get_bucket_tagging(Bucket=run.bucket)["TagSet"]}
     assert tags["impressions:impressions.fact_partitioned:rows"] == str(counted)
 

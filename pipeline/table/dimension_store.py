@@ -10,12 +10,12 @@ import json
 
 import pyarrow as pa
 from pyiceberg.exceptions import NoSuchTableError, TableAlreadyExistsError
-from pyiceberg.io.pyarrow import _dataframe_to_data_files
 from pyiceberg.partitioning import UNPARTITIONED_PARTITION_SPEC
 
 from .catalog import TABLE_PROPERTIES, ensure_namespace
 from .commit import Change, commit, without_auto_retry
 from .schema import add_columns, iceberg_schema
+from .write import write_unpartitioned
 
 KEYS = "impressions.keys"
 
@@ -46,7 +46,7 @@ def store(catalog, ident: tuple[str, str], rows: pa.Table, keys: tuple, fingerpr
         if c not in rows.column_names:
             rows = rows.append_column(c, pa.nulls(rows.num_rows, pa.string()))
     rows = rows.select(have)
-    new = list(_dataframe_to_data_files(table.metadata, rows, table.io)) if rows.num_rows else []
+    new = write_unpartitioned(table, rows) if rows.num_rows else []
 
     def plan(t):
         if name in t.metadata.refs:  # stored by a concurrent run meanwhile

@@ -5,13 +5,13 @@ An Iceberg table, so Athena, DuckDB or Spark query the history like any table. R
 from __future__ import annotations
 
 import pyarrow as pa
-from pyiceberg.io.pyarrow import _dataframe_to_data_files
 from pyiceberg.partitioning import UNPARTITIONED_PARTITION_SPEC
 from pyiceberg.schema import Schema
 from pyiceberg.types import LongType, NestedField, StringType, TimestamptzType
 
 from .catalog import create_or_load
 from .commit import Change, commit, without_auto_retry
+from .write import write_unpartitioned
 
 SCHEMA = Schema(
     NestedField(1, "run_id", StringType(), required=False),
@@ -36,7 +36,7 @@ def open_events(catalog, ident: tuple[str, str], properties: dict):
 def append(table, rows: list[dict]) -> None:
     """Append rows (dicts of the ARROW schema's fields) in one snapshot."""
     data = pa.Table.from_pylist(rows, schema=ARROW)
-    files = list(_dataframe_to_data_files(table.metadata, data, table.io))
+    files = write_unpartitioned(table, data)
     commit(table, lambda t: Change(adds=files, snapshot_properties={"impressions.stage": "load-history"}))
 
 

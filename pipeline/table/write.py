@@ -52,6 +52,15 @@ class WriteTarget:
         return load_file_io(self.io_properties, self.metadata.location)
 
 
+NO_SOURCE = "0" * 24  # the "source" in the names of files that hold no source's rows (history, dimension)
+
+
+def write_unpartitioned(table: Table, rows: pa.Table) -> list[DataFile]:
+    """The data files of rows for an unpartitioned table (the load history, the stored dimension), written as
+    every data file is: on S3 with their row count as object metadata."""
+    return [w.data_file for w in write_data_files(WriteTarget.of(table), [((), NO_SOURCE, rows)])]
+
+
 def partition_key(target: WriteTarget, values: tuple) -> PartitionKey | None:
     """Partition key from already-transformed values (e.g. (date, bucket)), in spec order."""
     spec = target.metadata.spec()
