@@ -575,15 +575,17 @@ def _split(url: str) -> tuple[str, str]:
     return bucket, key
 
 
-def upload(url: str, data: bytes, metadata: dict[str, str]) -> None:
+def upload(url: str, data: bytes, metadata: dict[str, str], content_type: str | None = None) -> None:
     """Write an object with user metadata (x-amz-meta-*) set as it is created: pyarrow's and s3fs's streams
     drop user metadata, so the bytes go up in one boto3 transfer (multipart when large, retried per part)."""
     import io
 
     bucket, key = _split(url)
+    extra = {"Metadata": {k: str(v) for k, v in metadata.items()}}
+    if content_type:
+        extra["ContentType"] = content_type
     with s3_errors(url, "write"):
-        boto_client("s3").upload_fileobj(io.BytesIO(data), bucket, key,
-                                         ExtraArgs={"Metadata": {k: str(v) for k, v in metadata.items()}})
+        boto_client("s3").upload_fileobj(io.BytesIO(data), bucket, key, ExtraArgs=extra)
 
 
 def object_metadata(url: str) -> dict[str, str]:
@@ -596,26 +598,37 @@ def object_metadata(url: str) -> dict[str, str]:
 BUCKET_TAG_LIMIT = 50
 
 
-def set_bucket_tags(url: str, tags: dict[str, str]) -> bool:
+def set_bucket_tags(url: str, tags: dict[str, str], attempts: int = 6) -> bool:
     """Set (add or change) tags on the bucket of `url`, keeping its other tags. Returns False, changing
-    nothing, when the bucket would pass S3's limit of 50 tags."""
+    nothing, when the bucket would pass S3's limit of 50 tags.
+
+    S3 tags a bucket as a whole and has no conditional PutBucketTagging, so two writers merging at once can drop
+    each other's change: the tags are read back after a short, growing, jittered pause, and merged again until
+    ours stand (a concurrent writer's stand too, since each merges onto what it reads)."""
     bucket, _ = _split(url)
     client = boto_client("s3")
-    with s3_errors(f"s3://{bucket}", "tag"):
+    wanted = {k: str(v)[:256] for k, v in tags.items()}
+
+    def current() -> dict[str, str]:
         try:
-            current = {t["Key"]: t["Value"] for t in client.get_bucket_tagging(Bucket=bucket)["TagSet"]}
+            return {t["Key"]: t["Value"] for t in client.get_bucket_tagging(Bucket=bucket)["TagSet"]}
         except client.exceptions.ClientError as e:
             if e.response.get("Error", {}).get("Code") != "NoSuchTagSet":
                 raise
-            current = {}
-        merged = {**current, **{k: str(v)[:256] for k, v in tags.items()}}
-        if merged == current:
-            return True
-        if len(merged) > BUCKET_TAG_LIMIT:
-            return False
-        client.put_bucket_tagging(Bucket=bucket, Tagging={"TagSet": [{"Key": k, "Value": v}
-                                                                     for k, v in sorted(merged.items())]})
-    return True
+            return {}
+
+    with s3_errors(f"s3://{bucket}", "tag"):
+        for attempt in range(attempts):
+            now = current()
+            merged = {**now, **wanted}
+            if merged == now:
+                return True
+            if len(merged) > BUCKET_TAG_LIMIT:
+                return False
+            client.put_bucket_tagging(Bucket=bucket, Tagging={"TagSet": [{"Key": k, "Value": v}
+                                                                         for k, v in sorted(merged.items())]})
+            time.sleep(random.uniform(0.02, 0.05) * 2 ** attempt)  # a concurrent writer's put lands meanwhile
+        return wanted.items() <= current().items()
 
 
 def bucket_tags(url: str) -> dict[str, str]:

@@ -389,3 +389,16 @@ def test_every_data_file_carries_its_rows_and_the_bucket_tag_the_table_total(run
     assert [b["path"] for b in bad] == [victim.file_path] and bad[0]["metadata_rows"] == victim.record_count + 1
     run.s3.copy_object(Bucket=run.bucket, Key=key, CopySource={"Bucket": run.bucket, "Key": key},
                        Metadata={"rows": str(victim.record_count)}, MetadataDirective="REPLACE")
+
+
+def test_the_dashboard_goes_to_s3_when_asked(run):
+    """`dashboard --out s3://…` puts the page in the bucket (as text/html), not in a local folder named `s3:`."""
+    ok(run.partition)
+    url = f"s3://{run.bucket}/reports/dashboard.html"
+    out = stdout_json(ok(cli(["dashboard", "--out", url], run.warehouse, run.catalog)))[-1]
+    assert out["path"] == url
+    obj = run.s3.get_object(Bucket=run.bucket, Key="reports/dashboard.html")
+    assert obj["ContentType"].startswith("text/html")
+    page = obj["Body"].read().decode()
+    assert page.lstrip().lower().startswith("<!doctype html") and "impressions.fact_partitioned" in page
+    assert not os.path.exists("s3:")

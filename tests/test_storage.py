@@ -514,3 +514,20 @@ def test_a_response_ended_inside_its_headers_is_not_taken_for_data(bucket, via_p
     except Exception:  # noqa: BLE001 - failing cleanly is the right answer
         return
     assert got == want
+
+
+def test_concurrent_bucket_tag_writers_keep_each_others_tags(bucket):
+    """S3 has no conditional PutBucketTagging: eight writers merging their own tag at once (as eight loads into
+    eight tables committing together would) must all end up in the tag set."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import boto3
+
+    def one(i):
+        return storage.set_bucket_tags(f"s3://{bucket}/tables/t{i}", {f"impressions:t{i}:rows": str(1000 + i)})
+
+    for _ in range(3):
+        with ThreadPoolExecutor(8) as pool:
+            assert all(pool.map(one, range(8)))
+    tags = {t["Key"]: t["Value"] for t in boto3.client("s3").get_bucket_tagging(Bucket=bucket)["TagSet"]}
+    assert tags == {f"impressions:t{i}:rows": str(1000 + i) for i in range(8)}

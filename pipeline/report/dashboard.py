@@ -13,7 +13,8 @@ from datetime import datetime, timezone
 from ..stages.table_stats import finish_stats, plan_stats
 from ..table.catalog import open_catalog
 from ..table.write import to_date
-from .html import render_dashboard
+from ..storage import is_remote, upload
+from .html import dashboard_html, render_dashboard
 from .records import history
 
 
@@ -66,4 +67,8 @@ def _history(table) -> list[dict]:
 
 
 def write_dashboard(settings, out_path: str) -> str:
+    """Write the page to a local file, or to an s3:// object (served as text/html); returns where it went."""
+    if is_remote(out_path):
+        upload(out_path, dashboard_html(gather(settings)).encode(), {}, content_type="text/html; charset=utf-8")
+        return out_path
     return render_dashboard(gather(settings), os.path.abspath(out_path))

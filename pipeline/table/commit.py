@@ -110,10 +110,10 @@ def tag_total_rows(table: Table) -> None:
     from ..report.loads import say
     from ..storage import set_bucket_tags
 
-    snapshot = table.current_snapshot()
-    total = (snapshot.summary.additional_properties or {}).get("total-records", "0") if snapshot else "0"
     key = f"impressions:{'.'.join(table.name())}:rows"
     try:
+        snapshot = table.refresh().current_snapshot()  # a later commit's total, if one came after ours
+        total = (snapshot.summary.additional_properties or {}).get("total-records", "0") if snapshot else "0"
         if not set_bucket_tags(location, {key: total}):
             say(f"warning: the bucket of {location} has 50 tags already; {key} not set")
     except Exception as e:  # noqa: BLE001 - tags are a monitoring aid
