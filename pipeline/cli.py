@@ -285,11 +285,11 @@ def _partition(args, settings, job=None) -> int:
         raise UsageError("partition needs at least one SOURCE and a TABLE")
     if args.buckets is not None and args.buckets < 1:
         raise UsageError("--buckets must be at least 1")
-    from .read.sources import refuse_empty, stat
+    from .read.sources import stat
     from .stages.partition import partition
 
-    for source in args.paths[:-1]:  # a mistyped path or an empty file fails at once, before a cluster starts
-        refuse_empty(source, int(stat(source).get("size", 0)), args.allow_empty)
+    for source in args.paths[:-1]:  # a mistyped path fails at once, before a cluster starts
+        stat(source)
     _writable(settings)
     with _client(settings) as client:
         partition(client, settings, args.paths[:-1], args.paths[-1], replace=args.replace, buckets=args.buckets,

@@ -246,6 +246,15 @@ def test_a_bad_input_is_quarantined_or_one_clear_line_with_nothing_committed(cas
     judge(proc, expect, wh, before)
 
 
+def test_a_refused_empty_source_is_a_failed_load_on_record(outcomes):
+    """A 0-byte file is a failed upload: the load fails (exit 1) and the load history says so, with the reason."""
+    proc, _, wh, _ = outcomes["zero-byte-file"]
+    done = run(impressions(wh, "loads", "--json"), timeout=BOUND)
+    assert done.proc.returncode == 0, done.tail()
+    (record,) = [r for r in done.json()[-1]["loads"] if r["table"] == "impressions.t_empty"]
+    assert record["status"] == "FAILED" and "empty" in record["error"], record
+
+
 # ------------------------------------------------------------------ a dimension with a BOM and CRLF must work
 
 

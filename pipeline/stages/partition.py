@@ -159,7 +159,6 @@ def partition(client: Client, settings: Settings, source_urls: list[str], table_
     sources = describe_all(source_urls)
     seen = {}
     for s in sources:
-        refuse_empty(s.url, s.size, allow_empty)
         if s.fingerprint in seen:
             raise UsageError(f"the same content is given twice: {seen[s.fingerprint]} and {s.url}")
         seen[s.fingerprint] = s.url
@@ -174,6 +173,11 @@ def partition(client: Client, settings: Settings, source_urls: list[str], table_
 
     lid = load_id(STAGE, qualified(ident), [s.fingerprint for s in sources])
     load = Load(STAGE, qualified(ident), lid, [s.to_dict() for s in sources])
+    try:  # a failed upload is a failed load, on record, not a usage error
+        for s in sources:
+            refuse_empty(s.url, s.size, allow_empty)
+    except LoadError as e:
+        fail(load, e)
     plan = plan_sources(sources, lineage(table.properties), replace, append, qualified(ident))
     for s, why in plan.skipped:
         say(f"skipped {s.url}: {why}")
