@@ -268,6 +268,7 @@ def test_vp_mean_and_stddev_per_load_and_overall_exactly_as_stats(page):
     for i, t in enumerate(tables):
         for k in ("rows", "vp_mean", "vp_std", "vp_std_sample", "vp_min", "vp_max"):
             assert overall[k][i] == t["stats"][k], k                         # bit for bit, not rounded
+        assert overall["vp_std_text"][i] == repr(t["stats"]["vp_std"])     # shown with every digit
         assert overall["files"][i] == len(t["stats"]["files"])
         assert overall["snapshot_id"][i] == str(t["stats"]["snapshot_id"])   # 19 digits survive (a string)
     vp = doc["vp_loads"]

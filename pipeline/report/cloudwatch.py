@@ -30,8 +30,9 @@ import dask.config
 from .. import config as _config  # noqa: F401 - loads the shipped defaults into dask.config
 from ..errors import UsageError
 from .loads import say
-from .queries import dashboard_body
+from .queries import LINES, dashboard_body
 
+LOGGED_EVENTS = tuple(LINES)  # the lines the dashboard's queries read
 # PutLogEvents limits (CloudWatch Logs quotas): a batch holds at most 10,000 events and 1,048,576 bytes,
 # counted as each message's UTF-8 bytes + 26; one event at most 256 KiB; a batch spans at most 24 hours and
 # its events are in timestamp order. Sequence tokens are ignored by the service since 2023 and not sent.
@@ -169,6 +170,8 @@ class CloudWatchSink:
             return
         if "_aws" in line:
             self._put_metrics(line)
+            return
+        if line.get("event") not in LOGGED_EVENTS:  # progress, command results: stdout and the live page only
             return
         self._pending.append({"timestamp": int(time.time() * 1000), "message": log_message(line)})
         if line.get("event") == "load_status" or len(self._pending) >= MAX_BATCH_EVENTS \

@@ -174,6 +174,8 @@ def overall_columns(tables: list[dict]) -> dict:
         cols["files"].append(len(s.get("files") or []))
         for k in STATS_NUMBERS:
             cols[k].append(s.get(k))
+    for k in STATS_NUMBERS[1:]:  # shown as `stats --json` prints them: every digit
+        cols[f"{k}_text"] = [_fmt(v) for v in cols[k]]
     return cols
 
 
@@ -340,11 +342,10 @@ def _overall_table(tables: list[dict]):
     from bokeh.models import ColumnDataSource, DataTable, NumberFormatter, TableColumn
 
     src = ColumnDataSource(overall_columns(tables), name="overall")
-    exact = NumberFormatter(format="0.000000000000", null_format="null", nan_format="null")
     cols = [TableColumn(field="table", title="table", width=220), TableColumn(field="snapshot_id", title="snapshot"),
             TableColumn(field="rows", title="rows", formatter=NumberFormatter(format="0,0")),
             TableColumn(field="files", title="files", formatter=NumberFormatter(format="0,0"))]
-    cols += [TableColumn(field=k, title=k, formatter=exact) for k in STATS_NUMBERS[1:]]
+    cols += [TableColumn(field=f"{k}_text", title=k) for k in STATS_NUMBERS[1:]]
     return DataTable(reorderable=False, name="overall_table", source=src, columns=cols, index_position=None,
                      height=28 * (len(tables) + 1) + 10, sizing_mode="stretch_width")
 

@@ -192,7 +192,7 @@ def _rewrite(client, catalog, settings, source, dst_ident, in_place, merged, hit
                       snapshot_properties=snap)
 
     commit(target, plan)
-    report_files(load, [r.data_file for r in records])
+    report_files(load, [r.data_file for r in records] + [new for _, new in copies])  # every file it committed
     summary = stats.summary(stats.tree_reduce([r.moments for r in records]))
     return {"rows_read": sum(r["rows_read"] for r in results),
             "rows_written": sum(r.data_file.record_count for r in records),
