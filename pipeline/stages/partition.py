@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import time
 import uuid
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import CancelledError, ThreadPoolExecutor
 from dataclasses import dataclass, field
-
-from concurrent.futures import CancelledError
 
 import pyarrow as pa
 from distributed import Client, KilledWorker, as_completed
