@@ -146,6 +146,10 @@ def main(argv=None) -> int:
     return 0
 
 
+def _seconds(v) -> str:
+    return "unknown (the run did not finish under the profiler)" if v is None else f"{v:.0f} s"
+
+
 def write_markdown() -> None:
     parts = ["# Where impressions' time goes (py-spy)", "",
              "Written by `bench/profile.py` (one profiled run per stage and shape; newest kept). Seconds are "
@@ -155,7 +159,7 @@ def write_markdown() -> None:
         p = json.loads(path.read_text())
         parts += [f"## {p['stage']}, {p['shape']} file, {p['rows']:,} rows, {p['workers']} workers "
                   f"({p['when'][:16].replace('T', ' ')}, code `{p['code']['label']}`, wall under the profiler "
-                  f"{p['wall_under_profiler']:.0f} s, load average at start {p['machine']['loadavg_at_start'][0]:.1f})",
+                  f"{_seconds(p.get('wall_under_profiler'))}, load average at start {p['machine']['loadavg_at_start'][0]:.1f})",
                   "", "| process | what | thread-s | share |", "|---|---|---|---|"]
         for r in p["categories"]:
             if r["share_of_process"] is not None and r["share_of_process"] >= 0.005:
