@@ -26,14 +26,13 @@ from ..table.commit import Change, commit, without_auto_retry
 from ..table.lineage import (DIMENSION_FINGERPRINT, DIMENSION_SNAPSHOT, entry_properties, fingerprint_of, lineage,
                              property_key)
 from ..table.schema import add_columns, bucket_count, fact_schema, fact_spec
-from ..table.write import WriteTarget, WrittenFile, write_data_files
+from ..table.write import NO_SOURCE, WriteTarget, WrittenFile, write_data_files
 from .dimension import Dimension, as_dimension, store
 from .partition_commit import PROP_LOAD, PROP_SOURCES, PROP_STAGE
 from .tasks import map_shared
 
 STAGE = "join"
 MATCHED = "__dimension_matched"
-UNKNOWN_SOURCE = "0" * 24  # rows from a file another engine named: its source cannot be told
 
 
 # ------------------------------------------------------------------ worker side
@@ -69,7 +68,7 @@ def join_file(src: WriteTarget, dst: WriteTarget, dim_rows: pa.Table, path: str,
         return result
     joined, orphans = join_rows(facts, dim_rows, attributes)
     values = (joined["ad_date"][0].as_py(), bucket_of(joined["campaign_id"][0].as_py(), bucket_count(dst.metadata)))
-    (written,) = write_data_files(dst, [(values, fingerprint_of(path) or UNKNOWN_SOURCE, joined)])
+    (written,) = write_data_files(dst, [(values, fingerprint_of(path) or NO_SOURCE, joined)])
     result["orphans"] = orphans
     result["record"] = written
     return result

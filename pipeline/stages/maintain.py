@@ -22,8 +22,8 @@ from ..table import maintenance
 from ..table.catalog import load_table, open_catalog, qualified, table_name
 from ..table.commit import Change, commit, without_auto_retry
 from ..table.lineage import fingerprint_of
-from ..table.write import WriteTarget, to_date, write_data_files
-from .join import UNKNOWN_SOURCE, read_file
+from ..table.write import NO_SOURCE, WriteTarget, to_date, write_data_files
+from .join import read_file
 from .partition_commit import PROP_LOAD, PROP_STAGE
 from .tasks import map_shared
 
@@ -58,7 +58,7 @@ def plan_compaction(table, target_size: int) -> list[dict]:
             raise LoadError(f"{'.'.join(table.name())} has row-level delete files; compact it with the engine "
                             "that wrote them")
         if f.file_size_in_bytes < SMALL * target_size:
-            key = (f.spec_id, tuple(f.partition), fingerprint_of(f.file_path) or UNKNOWN_SOURCE)
+            key = (f.spec_id, tuple(f.partition), fingerprint_of(f.file_path) or NO_SOURCE)
             groups.setdefault(key, []).append(f)
     batches = []
     for (_, _, source), files in groups.items():

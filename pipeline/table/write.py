@@ -52,7 +52,9 @@ class WriteTarget:
         return load_file_io(self.io_properties, self.metadata.location)
 
 
-NO_SOURCE = "0" * 24  # the "source" in the names of files that hold no source's rows (history, dimension)
+# the "source" in the name of a file whose rows come from no known source: the load history, the stored
+# dimension, and rows another engine wrote (their source cannot be told)
+NO_SOURCE = "0" * 24
 
 
 def write_unpartitioned(table: Table, rows: pa.Table) -> list[DataFile]:
