@@ -20,9 +20,15 @@ _DEFAULTS = Path(__file__).with_name("impressions.yaml")
 
 
 def _load_defaults() -> None:
+    """The YAML also overrides a few of Dask's own defaults (its `distributed:` section). A newer default replaces
+    an older one when added, but `dask.config.refresh()` lets the first one added win: so distributed's are added
+    before ours, and ours are also put in front for a refresh."""
+    import distributed  # noqa: F401  (registers distributed's defaults)
+
     with open(_DEFAULTS) as f:
         defaults = yaml.safe_load(f)
     dask.config.update_defaults(defaults)
+    dask.config.defaults.insert(0, {"distributed": defaults["distributed"]})
 
 
 _load_defaults()

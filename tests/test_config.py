@@ -364,3 +364,52 @@ def test_bad_environment_value_is_a_usage_error(tmp_path):
 def test_non_integer_buckets_env_is_a_usage_error_on_the_cli(tmp_path):
     r = run_cli(["stats", "t"], tmp_path, {"DASK_IMPRESSIONS__BUCKETS": "abc"})
     _one_line_usage_error(r)
+
+
+# ---------------------------------------------------------------------------------------- worker processes
+
+MALLOC = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_")
+
+
+def _malloc_env() -> dict:
+    return {k: os.environ.get(k) for k in MALLOC}
+
+
+@pytest.fixture
+def malloc_env_restored():
+    """A nanny copies pre-spawn-environ into its own process's environment for good, and there it takes
+    precedence over the config (distributed's rule): each cluster below starts from the environment as it was."""
+    saved = {k: os.environ.get(k) for k in MALLOC}
+
+    def reset():
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    reset()
+    yield
+    reset()
+
+
+def test_worker_processes_start_with_the_shipped_malloc_settings(malloc_env_restored):
+    """The YAML's `distributed.nanny.pre-spawn-environ` reaches real worker processes (Dask's own default of the
+    same key must not win, whatever the import order or a config refresh), and a user's Dask config overrides it."""
+    from distributed import Client
+
+    from cluster.local import local_cluster
+
+    for k in MALLOC:
+        os.environ.pop(k, None)
+    shipped = yaml.safe_load(YAML_PATH.read_text())["distributed"]["nanny"]["pre-spawn-environ"]
+    with local_cluster(workers=1, dashboard=False) as cluster, Client(cluster) as client:
+        (got,) = client.run(_malloc_env).values()
+    assert got == {k: str(shipped[k]) for k in MALLOC}
+    assert int(got["MALLOC_MMAP_THRESHOLD_"]) >= 16 * MiB  # a 16 MiB block buffer stays in the heap
+
+    for k in MALLOC:
+        os.environ.pop(k, None)
+    with dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": 65536}), \
+            local_cluster(workers=1, dashboard=False) as cluster, Client(cluster) as client:
+        (got,) = client.run(_malloc_env).values()
+    assert got["MALLOC_TRIM_THRESHOLD_"] == "65536"

@@ -89,7 +89,8 @@ def sub_index(index: GzipIndex, points: tuple[SeekPoint, ...]) -> bytes:
 
 
 class Reader:
-    """A rapidgzip reader with the `read(n)` the line splitter needs; closes the S3 file object with it."""
+    """A rapidgzip reader that closes the S3 file object with it; the line splitter inflates into its own
+    buffers with `readinto`."""
 
     def __init__(self, source: Source, **kw):
         self._file = source.open() if is_remote(source.url) else None
@@ -98,11 +99,8 @@ class Reader:
     def __getattr__(self, name):  # readinto, seek, block_offsets, export_index, import_index, ...
         return getattr(self._gz, name)
 
-    def read(self, n: int) -> bytes:
-        buf = bytearray(n)
-        got = self._gz.readinto(buf)
-        del buf[got:]
-        return bytes(buf)
+    def readinto(self, buffer) -> int:
+        return self._gz.readinto(buffer)
 
     def close(self) -> None:
         self._gz.close()

@@ -47,16 +47,16 @@ class Parsed:
     bad_reasons: list = field(default_factory=list)
     bad_lines: list = field(default_factory=list)
 
-    def reject(self, offset: int, reason: str, line: bytes) -> None:
+    def reject(self, offset: int, reason: str, line: bytes | bytearray) -> None:
         self.bad_offsets.append(offset)
         self.bad_reasons.append(reason)
-        self.bad_lines.append(line)
+        self.bad_lines.append(bytes(line))
 
 
 CHUNK = 1 << 20  # a block the typed path refused is tried again in pieces of about this size
 
 
-def parse_block(block: bytes, offset: int, keep_bytes: int = 65536) -> Parsed:
+def parse_block(block: bytes | bytearray, offset: int, keep_bytes: int = 65536) -> Parsed:
     """Parse `block` (complete lines; the last may lack its newline) that starts at stream `offset`.
 
     When the typed path refuses the block (one bad line is enough), the block is tried again in line-aligned

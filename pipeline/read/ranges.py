@@ -92,67 +92,82 @@ class LongLine:
 
 
 def owned_blocks(stream, start: int, end: int | None, block_size: int, max_line: int,
-                 keep_bytes: int = 65536) -> Iterator[tuple[int, bytes] | LongLine]:
+                 keep_bytes: int = 65536) -> Iterator[tuple[int, bytearray] | LongLine]:
     """Yield (offset, bytes of complete owned lines) blocks, or LongLine markers, from a stream at `start`.
 
+    Each block is a new bytearray the caller keeps: the stream inflates straight into it (`readinto`), behind
+    the partial line the previous block left, so the bytes of a block are written once and never copied (slicing
+    and concatenating `bytes` cost three copies of every byte, and the page faults of each new buffer).
     The last line of the stream may lack its newline; it is yielded as is.
     """
     end = float("inf") if end is None else end
-    read = stream.read
     pos = start  # stream offset of buf[0]
-    buf = b""
+    buf, got = _fill(stream, bytearray(), block_size)
     if start == 0:
-        buf = read(block_size)
         if buf.startswith(BOM):
-            buf, pos = buf[3:], 3
+            del buf[:3]  # deleting at the front of a bytearray moves its start, not its bytes
+            pos = 3
     else:
         # Skip to just after the first newline at a position in [start, end); none means we own nothing.
         while True:
-            chunk = read(block_size)
-            if not chunk:
+            if not got:
                 return
-            limit = min(len(chunk), int(end - pos)) if end != float("inf") else len(chunk)
-            i = chunk.find(b"\n", 0, limit)
+            limit = min(len(buf), int(end - pos)) if end != float("inf") else len(buf)
+            i = buf.find(b"\n", 0, limit)
             if i >= 0:
-                buf, pos = chunk[i + 1:], pos + i + 1
+                del buf[:i + 1]
+                pos += i + 1
                 break
-            if pos + len(chunk) >= end:
+            if pos + len(buf) >= end:
                 return
-            pos += len(chunk)
+            pos += len(buf)
+            buf, got = _fill(stream, bytearray(), block_size)
     while True:
         # The line owned last is the one that starts at or before `end`: it ends at the first newline >= end.
         j = buf.find(b"\n", max(0, int(min(end, pos + len(buf)) - pos))) if end != float("inf") else -1
         if j >= 0:
-            yield pos, buf[: j + 1]
+            del buf[j + 1:]
+            yield pos, buf
             return
         k = buf.rfind(b"\n")
         if k >= 0:
-            yield pos, buf[: k + 1]
-            pos, buf = pos + k + 1, buf[k + 1:]
+            block, buf = buf, buf[k + 1:]  # the partial line after the last newline starts the next block
+            del block[k + 1:]
+            yield pos, block
+            pos += k + 1
         if len(buf) > max_line:
             # Quarantine the line by its prefix and discard the rest of it without buffering.
             yield LongLine(pos, bytes(buf[:keep_bytes]))
             pos += len(buf)
-            buf = b""
             while True:
-                chunk = read(block_size)
-                if not chunk:
+                buf, got = _fill(stream, bytearray(), block_size)
+                if not got:
                     return
-                i = chunk.find(b"\n")
+                i = buf.find(b"\n")
                 if i >= 0:
                     pos += i + 1
-                    buf = chunk[i + 1:]
+                    del buf[:i + 1]
                     if pos - 1 >= end:  # the long line's newline lies past the range: it was our last line
                         return
                     break
-                pos += len(chunk)
+                pos += len(buf)
             continue
         # Near `end` only the last owned line is missing: read it in small, doubling steps (reading far past
         # the range leaves its seek points, where inflating is ~10x slower).
         ahead = end - (pos + len(buf))
-        chunk = read(block_size if ahead >= block_size else int(max(ahead, _TAIL_STEP, len(buf))))
-        if not chunk:
+        buf, got = _fill(stream, buf, block_size if ahead >= block_size else int(max(ahead, _TAIL_STEP, len(buf))))
+        if not got:
             if buf:
                 yield pos, buf
             return
-        buf = buf + chunk
+
+
+def _fill(stream, carry: bytearray, n: int) -> tuple[bytearray, int]:
+    """A new buffer holding `carry` and then up to `n` more bytes of the stream, read in place; and how many
+    were read (0: the stream has ended)."""
+    buf = bytearray(len(carry) + n)
+    buf[:len(carry)] = carry
+    with memoryview(buf) as view, view[len(carry):] as free:
+        got = stream.readinto(free) or 0
+    del buf[len(carry) + got:]
+    return buf, got

@@ -99,9 +99,9 @@ class _Checked:
     def __init__(self, stream, url: str):
         self.stream, self.url = stream, url
 
-    def read(self, n: int) -> bytes:
+    def readinto(self, buffer) -> int:
         try:
-            return self.stream.read(n)
+            return self.stream.readinto(buffer)
         except EOFError as e:
             raise LoadError(f"{self.url}: truncated gzip stream ({e})") from None
         except (OSError, ValueError, RuntimeError, IsalError) as e:
