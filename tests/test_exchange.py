@@ -33,20 +33,30 @@ def test_files_per_partition_do_not_grow_with_the_worker_count(settings, tmp_pat
     assert len(ids) == len(set(ids)) == 60_000 - 60
 
 
-def test_a_share_holds_exactly_its_owners_partitions():
+@pytest.mark.parametrize("day_step", [1, 5_000], ids=["few keys (16-bit ranks)", "wide key span (64-bit keys)"])
+def test_a_share_holds_exactly_its_owners_partitions(day_step):
+    """Every row lands in the share of its key's owner, in the group of its own key, in input order within it."""
     import pyarrow as pa
     from datetime import date, timedelta
 
-    days = [date(2019, 1, 1) + timedelta(d % 5) for d in range(5_000)]
+    from pipeline.stages.accumulate import partition_keys
+
+    days = [date(1990, 1, 1) + timedelta(day_step * (d % 5)) for d in range(5_000)]
     rows = pa.table({"ad_date": pa.array(days, pa.date32()), "impression_id": pa.array(range(5_000), pa.int64()),
                      "campaign_id": pa.array([f"c{i % 37}" for i in range(5_000)]).dictionary_encode(),
                      "video_id": pa.array(["v"] * 5_000).dictionary_encode(),
                      "viewing_percentage": pa.array([0.5] * 5_000)})
+    expected = partition_keys(rows, 16)
     shares = split_by_owner(rows, 16, 3)
-    seen = 0
+    seen = []
     for owner, share in enumerate(shares):
         part, keys, starts = share
-        assert all(k % 3 == owner for k in keys.tolist()) and list(keys) == sorted(keys)
+        assert all(k % 3 == owner for k in keys.tolist()) and list(keys) == sorted(set(keys.tolist()))
         assert starts[0] == 0 and starts[-1] == part.num_rows
-        seen += part.num_rows
-    assert seen == 5_000
+        for k, a, b in zip(keys.tolist(), starts[:-1].tolist(), starts[1:].tolist()):
+            group = part.slice(a, b - a)
+            assert set(partition_keys(group, 16).tolist()) == {k}
+            ids = group["impression_id"].to_pylist()
+            assert ids == sorted(ids) and all(expected[i] == k for i in ids)
+            seen += ids
+    assert sorted(seen) == list(range(5_000))

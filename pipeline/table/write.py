@@ -75,14 +75,16 @@ def partition_key(target: WriteTarget, values: tuple) -> PartitionKey | None:
     )
 
 
-def write_data_files(target: WriteTarget, groups: list[tuple[tuple, str, pa.Table]]) -> list[WrittenFile]:
-    """Write one Parquet data file per (partition values, source fingerprint, rows) group, in parallel threads.
+def write_data_files(target: WriteTarget, groups: list[tuple[tuple, str, pa.Table]],
+                     threads: int = 1) -> list[WrittenFile]:
+    """Write one Parquet data file per (partition values, source fingerprint, rows) group, `threads` at a time
+    (a worker's task threads: more only fight over the same cores, measured 1.8x slower with 8 on 2 cores).
 
     What pyiceberg's own writer does (field ids, Iceberg column statistics, the table's location provider and
     Parquet properties), minus its per-row re-derivation of the partition, and with dictionary encoding only
-    for string and date columns: dictionaries of unique ids and floats cost time and save nothing. The file's
-    name carries the source fingerprint and its footer the rows' moments (lineage.py), so both survive any
-    maintenance that keeps the file.
+    where values repeat: strings, dates and viewing_percentage (a few hundred distinct values: 27 % smaller and
+    faster to write); dictionaries of unique ids cost time and save nothing. The file's name carries the source
+    fingerprint and its footer the rows' moments (lineage.py), so both survive any maintenance that keeps the file.
     """
     from concurrent.futures import ThreadPoolExecutor
 
@@ -92,8 +94,8 @@ def write_data_files(target: WriteTarget, groups: list[tuple[tuple, str, pa.Tabl
     schema = metadata.schema()
     arrow_schema = _plain_types(schema_to_pyarrow(schema, include_field_ids=True))
     options = parquet_options(metadata.properties)
-    options["use_dictionary"] = [f.name for f in arrow_schema
-                                 if pa.types.is_string(f.type) or pa.types.is_date(f.type)]
+    options["use_dictionary"] = [f.name for f in arrow_schema if pa.types.is_string(f.type)
+                                 or pa.types.is_date(f.type) or f.name == "viewing_percentage"]
     # ids and offsets: delta-encoded, which is both smaller and cheaper to compress than plain (ids grow)
     options["column_encoding"] = {f.name: "DELTA_BINARY_PACKED" for f in arrow_schema if pa.types.is_int64(f.type)}
     row_group = int(metadata.properties.get("write.parquet.row-group-limit", 1048576))
@@ -143,9 +145,9 @@ def write_data_files(target: WriteTarget, groups: list[tuple[tuple, str, pa.Tabl
         )
         return WrittenFile(data_file, source, moments)
 
-    if len(groups) == 1:
-        return [write_one((0, groups[0]))]
-    with ThreadPoolExecutor(min(8, len(groups))) as pool:
+    if threads <= 1 or len(groups) == 1:
+        return [write_one(item) for item in enumerate(groups)]
+    with ThreadPoolExecutor(min(threads, len(groups))) as pool:
         return list(pool.map(write_one, enumerate(groups)))
 
 
