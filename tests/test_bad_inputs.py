@@ -204,6 +204,7 @@ def outcomes(tmp_path_factory, client):
         proc = run(impressions(wh, *args, scheduler=client.scheduler.address), timeout=BOUND)
         return case, (proc, expect, wh, before)
 
+    tmp_path_factory.getbasetemp()  # created here: two threads creating it at once race (FileExistsError)
     with ThreadPoolExecutor(2) as pool:
         return dict(pool.map(one, CASES))
 
