@@ -588,6 +588,14 @@ def upload(url: str, data: bytes, metadata: dict[str, str], content_type: str | 
         boto_client("s3").upload_fileobj(io.BytesIO(data), bucket, key, ExtraArgs=extra)
 
 
+def write_local(url: str, data) -> None:
+    """Write a local file (a path or file:// URL) in one call, creating its directory."""
+    path = filesystem(url)[1]
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "wb") as f:
+        f.write(data)
+
+
 def object_metadata(url: str) -> dict[str, str]:
     """An object's user metadata (without the x-amz-meta- prefix)."""
     bucket, key = _split(url)

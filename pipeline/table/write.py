@@ -24,7 +24,7 @@ from pyiceberg.table.metadata import TableMetadata
 from pyiceberg.typedef import Record
 
 from ..report import stats
-from ..storage import is_remote, upload
+from ..storage import is_remote, upload, write_local
 from .lineage import FOOTER_MOMENTS, FOOTER_SOURCE, file_name
 
 
@@ -102,7 +102,6 @@ def write_data_files(target: WriteTarget, groups: list[tuple[tuple, str, pa.Tabl
     locations = load_location_provider(table_location=metadata.location, table_properties=metadata.properties)
     plan = compute_statistics_plan(schema, metadata.properties)
     mapping = parquet_path_to_id_mapping(schema)
-    io = target.io()
     write_id = uuid.uuid4().hex[:16]
 
     def write_one(item) -> WrittenFile:
@@ -122,19 +121,17 @@ def write_data_files(target: WriteTarget, groups: list[tuple[tuple, str, pa.Tabl
             w.close()
             return w
 
+        # the file is built in memory and stored in one call: on S3 with the row count and moments as the
+        # object's metadata (x-amz-meta-*), set as it is created, so an audit reads them with a HEAD; on a local
+        # disk with one write (an output stream per file cost a directory walk, a stat and a write per page)
+        buffer = pa.BufferOutputStream()
+        writer = write(buffer)
+        data = buffer.getvalue()
         if is_remote(path):
-            # on S3 the row count and moments also go into the object's metadata (x-amz-meta-*), set as it is
-            # created: an audit reads them with a HEAD, without opening the file
-            buffer = pa.BufferOutputStream()
-            writer = write(buffer)
-            data = buffer.getvalue()
             upload(path, data.to_pybytes(), object_metadata_of(table.num_rows, moments))
-            size = data.size
         else:
-            out = io.new_output(path)
-            with out.create(overwrite=True) as stream:
-                writer = write(stream)
-            size = len(out)
+            write_local(path, data)
+        size = data.size
         statistics = data_file_statistics_from_parquet_metadata(
             parquet_metadata=writer.writer.metadata, stats_columns=plan, parquet_column_mapping=mapping)
         data_file = DataFile.from_args(
