@@ -240,13 +240,18 @@ def test_the_driver_killed_after_the_commit_before_its_status_line_is_skipped_on
                 if select.select([r], [], [], 0.2)[0]:
                     seen += os.read(r, 65536)
             assert b'"SUCCEEDED"' not in seen
-            os.set_blocking(w, False)
+            # filled through a second, non-blocking open file description of the same pipe: O_NONBLOCK set on
+            # `w` itself would be shared with the process's stdout, whose write would then fail at once with
+            # EAGAIN instead of blocking
+            fill = os.open(f"/proc/self/fd/{w}", os.O_WRONLY | os.O_NONBLOCK)
             filled = 0
             try:
                 while True:
-                    filled += os.write(w, b"\0" * 4096)
+                    filled += os.write(fill, b"\0" * 4096)
             except BlockingIOError:
                 pass
+            finally:
+                os.close(fill)
             committed = cli.wait_for(lambda: state(wh).get("impressions.fact", (0,))[0] == 1, BOUND,
                                      "the fact table's snapshot")
             time.sleep(0.5)
