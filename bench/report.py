@@ -190,7 +190,7 @@ def write(out: Path, header: dict, runs: list[dict], failures: list[dict]) -> li
                                 "max_mean_error": max((r.get("mean_error") or 0 for r in runs), default=0),
                                 "max_std_error": max((r.get("std_error") or 0 for r in runs), default=0)},
                      "disturbed_runs": sum(bool(r.get("disturbed")) for r in runs)})
-    md = out.parent.parent / "RESULTS.md" if out.name == "results" and out.parent.name == "bench" else out / "RESULTS.md"
+    md = out.parent / "RESULTS.md" if out.name == "results" and out.parent.name == "bench" else out / "RESULTS.md"
     md.write_text(markdown(header, runs, failures, a, out))
     written.append(md)
     return written

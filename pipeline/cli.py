@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import gc
 import os
 import signal
 import sys
@@ -121,7 +120,6 @@ def main(argv=None) -> int:
         parser.print_help(sys.stderr)
         return 2
     previous = {s: signal.signal(s, _interrupt) for s in (signal.SIGINT, signal.SIGTERM)}
-    gc.disable()  # while the modules load (every full collection walks them all); on again once a cluster is up
     try:
         return _dispatch(args) or 0
     except UsageError as e:
@@ -144,7 +142,6 @@ def main(argv=None) -> int:
         say(f"impressions: failed: {type(e).__name__}: {e}{hint}")
         return 1
     finally:
-        gc.enable()
         for s, handler in previous.items():
             signal.signal(s, handler)
 
@@ -199,10 +196,6 @@ def _client(settings):
         from .stages.tasks import warm_up
 
         warm_up(client)
-        # the modules and the cluster are in place: the garbage collector need not walk their objects again
-        # (its full collections while they loaded were ~0.3 s of the driver's CPU per load)
-        gc.freeze()
-        gc.enable()
         page = live.install(client)
         if page:
             say(f"pipeline page: {page}")

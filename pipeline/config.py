@@ -20,15 +20,29 @@ _DEFAULTS = Path(__file__).with_name("impressions.yaml")
 
 
 def _load_defaults() -> None:
-    """The YAML also overrides a few of Dask's own defaults (its `distributed:` section). A newer default replaces
-    an older one when added, but `dask.config.refresh()` lets the first one added win: so distributed's are added
-    before ours, and ours are also put in front for a refresh."""
-    import distributed  # noqa: F401  (registers distributed's defaults)
+    """The shipped YAML, under anything the user configured. Its `distributed:` section changes some of Dask's own
+    defaults, which Dask's rules would not keep: a default added later replaces an earlier one only where the config
+    still holds the earlier value (so a user's value equal to Dask's default would be lost), and
+    `dask.config.refresh()` applies the first one added. So ours are applied, then the user's own values for the
+    same keys (their YAML files and DASK_* variables) again, and ours go first in the list `refresh` reads."""
+    import distributed  # noqa: F401  (registers distributed's defaults before ours)
 
     with open(_DEFAULTS) as f:
         defaults = yaml.safe_load(f)
+    ours = {"distributed": defaults.pop("distributed")}
     dask.config.update_defaults(defaults)
-    dask.config.defaults.insert(0, {"distributed": defaults["distributed"]})
+    dask.config.defaults.insert(0, ours)
+    dask.config.update(dask.config.config, ours, priority="new")
+    dask.config.update(dask.config.config, _within(dask.config.collect(), ours), priority="new")
+
+
+def _within(config: dict, shape: dict) -> dict:
+    """The part of `config` under the keys of `shape` (down to the leaves)."""
+    out = {}
+    for k, v in shape.items():
+        if k in config:
+            out[k] = _within(config[k], v) if isinstance(v, dict) and isinstance(config[k], dict) else config[k]
+    return out
 
 
 _load_defaults()

@@ -413,3 +413,19 @@ def test_worker_processes_start_with_the_shipped_malloc_settings(malloc_env_rest
             local_cluster(workers=1, dashboard=False) as cluster, Client(cluster) as client:
         (got,) = client.run(_malloc_env).values()
     assert got["MALLOC_TRIM_THRESHOLD_"] == "65536"
+
+
+@pytest.mark.parametrize("value", [65536, 99999], ids=["dask's own default", "another value"])
+def test_a_users_yaml_overrides_the_shipped_malloc_settings(tmp_path, value):
+    """A user's Dask YAML wins over the shipped value, also when it asks for Dask's own default back (which Dask's
+    default rules would take for 'not configured'), and still after a dask.config.refresh()."""
+    (tmp_path / "mine.yaml").write_text(
+        f"distributed:\n  nanny:\n    pre-spawn-environ:\n      MALLOC_TRIM_THRESHOLD_: {value}\n")
+    code = ("import dask, pipeline.config\n"
+            "key = 'distributed.nanny.pre-spawn-environ'\n"
+            "a = dask.config.get(key)\ndask.config.refresh()\nb = dask.config.get(key)\n"
+            "print(a['MALLOC_TRIM_THRESHOLD_'], b['MALLOC_TRIM_THRESHOLD_'], a['MALLOC_MMAP_THRESHOLD_'])")
+    env = {**os.environ, "DASK_CONFIG": str(tmp_path)}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+    shipped = yaml.safe_load(YAML_PATH.read_text())["distributed"]["nanny"]["pre-spawn-environ"]
+    assert out.split() == [str(value), str(value), str(shipped["MALLOC_MMAP_THRESHOLD_"])]

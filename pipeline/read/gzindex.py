@@ -99,9 +99,6 @@ class Reader:
     def __getattr__(self, name):  # readinto, seek, block_offsets, export_index, import_index, ...
         return getattr(self._gz, name)
 
-    def readinto(self, buffer) -> int:
-        return self._gz.readinto(buffer)
-
     def close(self) -> None:
         self._gz.close()
         if self._file is not None:

@@ -102,14 +102,14 @@ def _count_in(positions: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np
     return np.searchsorted(positions, ends) - np.searchsorted(positions, starts)
 
 
-def _line_count(block: bytes) -> int:
+def _line_count(block: bytes | bytearray) -> int:
     newlines = int(np.count_nonzero(np.frombuffer(block, dtype=np.uint8) == 10))  # 3.5x faster than .count
     return newlines + (0 if block.endswith(b"\n") else 1)
 
 
 # ------------------------------------------------------------------ the typed path
 
-def _parse_typed(block: bytes, offset: int, keep_bytes: int) -> Parsed | None:
+def _parse_typed(block: bytes | bytearray, offset: int, keep_bytes: int) -> Parsed | None:
     """The whole block in one typed Arrow parse, or None when that could disagree with the rules.
 
     Arrow ends a row at a lone CR and lets an open quote swallow the next line, so "as many rows as lines, and no
@@ -149,7 +149,7 @@ def _parse_typed(block: bytes, offset: int, keep_bytes: int) -> Parsed | None:
     return result
 
 
-def _may_hold_hex(block: bytes) -> bool:
+def _may_hold_hex(block: bytes | bytearray) -> bool:
     """Whether `0x` or `0X` occurs (one-byte searches first: `0` is everywhere, `x` rarely is)."""
     if block.find(b"x") < 0 and block.find(b"X") < 0:
         return False
@@ -187,7 +187,7 @@ def _dates(col: pa.DictionaryArray) -> tuple[pa.Array, np.ndarray]:
 
 # ------------------------------------------------------------------ the careful path
 
-def _parse_careful(block: bytes, offset: int, keep_bytes: int) -> Parsed:
+def _parse_careful(block: bytes | bytearray, offset: int, keep_bytes: int) -> Parsed:
     """Every line located; most checked column by column with the rules' expressions, odd ones one by one."""
     buf = np.frombuffer(block, dtype=np.uint8)
     starts, ends, cends = _line_spans(buf)
@@ -231,7 +231,7 @@ def _starts_with_bom(buf: np.ndarray, starts: np.ndarray) -> np.ndarray:
     return hit
 
 
-def _decodable(block: bytes, starts, ends, mask) -> np.ndarray:
+def _decodable(block: bytes | bytearray, starts, ends, mask) -> np.ndarray:
     """Per line: False for the lines in `mask` that are not UTF-8 (checked one by one only if the block is not)."""
     ok = np.ones(len(starts), dtype=bool)
     try:
@@ -279,7 +279,7 @@ def _raw_columns(block, buf, starts, ends, mask, options) -> tuple[pa.Table | No
     return t, idx[keep], list(idx[~keep])
 
 
-def _check_columns(t: pa.Table, block: bytes, line_starts, line_ends, offset, result: Parsed, keep_bytes):
+def _check_columns(t: pa.Table, block: bytes | bytearray, line_starts, line_ends, offset, result: Parsed, keep_bytes):
     """The rules, column by column, on raw bytes: the same expressions `rules.verdict` uses."""
     strs, enc_ok = {}, np.ones(t.num_rows, dtype=bool)
     for c in COLUMNS:

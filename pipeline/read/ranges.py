@@ -96,8 +96,8 @@ def owned_blocks(stream, start: int, end: int | None, block_size: int, max_line:
     """Yield (offset, bytes of complete owned lines) blocks, or LongLine markers, from a stream at `start`.
 
     Each block is a new bytearray the caller keeps: the stream inflates straight into it (`readinto`), behind
-    the partial line the previous block left, so the bytes of a block are written once and never copied (slicing
-    and concatenating `bytes` cost three copies of every byte, and the page faults of each new buffer).
+    the partial line the previous block left, so only that partial line is ever copied (slicing and concatenating
+    `bytes` cost three copies of every byte, and the page faults of each new buffer).
     The last line of the stream may lack its newline; it is yielded as is.
     """
     end = float("inf") if end is None else end
