@@ -38,9 +38,10 @@ def split_by_owner(rows: pa.Table, buckets: int, owners: int) -> list:
     """The rows of one range as one part per owner: partition key k belongs to owner k % owners. Each part is
     (rows sorted by key, the key of each group, the start of each group plus the end), or None when empty.
 
-    One sort does it: the rows are ordered by (owner, key), so each owner's share is one slice. With few distinct
-    keys (a few dates × buckets) each row gets the 16-bit rank of its key in that order, which numpy sorts with a
-    stable radix sort in O(n); owners and groups are then found on the sorted ranks, never on 64-bit keys.
+    One sort does it: the rows are ordered by (owner, key), so each owner's share is one run of that order. With
+    few distinct keys (a few dates × buckets) each row gets the 16-bit rank of its key in that order, which numpy
+    sorts with a stable radix sort in O(n); owners and groups are then found on the sorted ranks, never on 64-bit
+    keys.
     """
     if rows.num_rows == 0:
         return [None] * owners
