@@ -78,7 +78,7 @@ def partition_key(target: WriteTarget, values: tuple) -> PartitionKey | None:
 def write_data_files(target: WriteTarget, groups: list[tuple[tuple, str, pa.Table]],
                      threads: int = 1) -> list[WrittenFile]:
     """Write one Parquet data file per (partition values, source fingerprint, rows) group, `threads` at a time
-    (a worker's task threads: more only fight over the same cores, measured 1.8x slower with 8 on 2 cores).
+    (a worker's task threads: more only fight over the same cores, measured 1.6-1.9x slower with 8 on 2 cores).
 
     What pyiceberg's own writer does (field ids, Iceberg column statistics, the table's location provider and
     Parquet properties), minus its per-row re-derivation of the partition, and with dictionary encoding only
