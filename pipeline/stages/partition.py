@@ -313,24 +313,30 @@ def _result(future, others: list):
 def _collect(futures: list, exchange: Exchange, results: dict, label: str, only: dict | None = None) -> None:
     """Route each finished read's shares through the exchange and keep its counts. A read's own result holds its
     shares, so it is never fetched here: only its errors are. A finished read is released at once (the exchange
-    holds what it still needs); a read lost with its worker is read again after the hand-over. `only` (future key
+    holds what it still needs) and its counts are taken when they arrive, so the next finished read is routed
+    without waiting for them (they queue behind the worker's running read); a read lost with its worker is read
+    again after the hand-over. `only` (future key
     → owners) limits a range read again to the shares that were lost: the others are already handed over."""
     progress = Progress(len(futures), label)
+    reads = set(futures)
+    pending = as_completed(futures)
     try:
-        for fut in as_completed(futures):
-            if fut.status == "error":
+        for fut in pending:
+            if fut not in reads:  # a read's counts: routing other reads never waits for them
+                try:
+                    res = fut.result()
+                    results[res.key] = res
+                    progress.step(res.uncompressed)
+                except (CancelledError, KilledWorker):
+                    pass
+            elif fut.status == "error":
                 error = fut.exception()
                 if not isinstance(error, (CancelledError, KilledWorker)):  # lost with a worker: read again later
                     for f in futures:
                         f.cancel()
                     raise error
             elif fut.status == "finished":
-                try:
-                    res = exchange.add(fut, only.get(fut.key) if only else None).result()
-                    results[res.key] = res
-                    progress.step(res.uncompressed)
-                except (CancelledError, KilledWorker):
-                    pass
+                pending.add(exchange.add(fut, only.get(fut.key) if only else None))
             fut.release()
     finally:
         progress.close()
