@@ -380,16 +380,12 @@ def malloc_env_restored():
     """A nanny copies pre-spawn-environ into its own process's environment for good, and there it takes
     precedence over the config (distributed's rule): each cluster below starts from the environment as it was."""
     saved = {k: os.environ.get(k) for k in MALLOC}
-
-    def reset():
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-    reset()
     yield
-    reset()
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
 
 
 def test_worker_processes_start_with_the_shipped_malloc_settings(malloc_env_restored):
