@@ -60,3 +60,43 @@ def test_a_share_holds_exactly_its_owners_partitions(day_step):
             assert ids == sorted(ids) and all(expected[i] == k for i in ids)
             seen += ids
     assert sorted(seen) == list(range(5_000))
+
+
+class ReadsAlive:
+    """A scheduler plugin (on the real scheduler of the test's cluster) that records the most read tasks that
+    were queued, running or holding their result at once."""
+
+    name = "reads-alive"
+
+    def __init__(self):
+        self.alive, self.most, self.seen = set(), 0, set()
+
+    def transition(self, key, start, finish, *args, **kwargs):
+        if not str(key).startswith("read-"):
+            return
+        self.seen.add(key)
+        if finish in ("waiting", "queued", "no-worker", "processing", "memory"):
+            self.alive.add(key)
+        else:
+            self.alive.discard(key)
+        self.most = max(self.most, len(self.alive))
+
+
+def test_reads_go_no_further_ahead_than_the_owners_absorb(settings, tmp_path):
+    """A worker holds a bounded number of read results, however many ranges the file has: the driver submits
+    the next read only as the exchange takes the earlier ones' shares (READS_AHEAD per worker thread)."""
+    from distributed.diagnostics.plugin import SchedulerPlugin
+
+    from pipeline.stages.partition import READS_AHEAD
+
+    plugin = type("Plugin", (ReadsAlive, SchedulerPlugin), {})()
+    src = write_gz(tmp_path / "day.csv.gz", lines(200_000, 43))
+    with LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=":0", memory_limit="1GiB") as cluster, \
+            Client(cluster) as client:
+        client.register_plugin(plugin)
+        rec = partition(client, settings, [src], "FACT")
+        most, seen = client.run_on_scheduler(
+            lambda dask_scheduler: (dask_scheduler.plugins["reads-alive"].most,
+                                    len(dask_scheduler.plugins["reads-alive"].seen)))
+    assert rec["rows_written"] == 200_000 and rec["read_tasks"] == seen >= 25
+    assert most <= READS_AHEAD * 2 + 2, (most, seen)  # the window, and a share batch sent as it fills

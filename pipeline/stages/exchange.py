@@ -3,8 +3,10 @@
 A read task returns `{"result": counts, 0: share for owner 0, 1: …}`. For each finished read the driver submits
 tiny `getitem` tasks — Dask runs them where the read's result lives, so only each owner's share moves — and,
 every few shares, one `absorb` task pinned to the owner (accumulate.absorb), at a higher priority than reads so
-shares never pile up. The driver drops its references as soon as it has submitted what depends on them: Dask
-keeps a share until its absorb has run, then forgets it.
+shares never pile up. The driver reads no further ahead than the owners absorb (partition.Reads and `backlog`),
+so what waits between a read and its owner is bounded by the worker threads, not by the file. The driver drops
+its references as soon as it has submitted what depends on them: Dask keeps a share until its absorb has run,
+then forgets it.
 
 An owner that dies takes its buffered rows with it: its pinned absorbs are cancelled (never waited for), its
 owner index moves to a live worker, and the hand-over (partition.py) notices the shares that no surviving
@@ -44,7 +46,7 @@ class Exchange:
         self.owners = list(owners)  # owner index -> worker address
         self.target, self.qtarget, self.budget = target, qtarget, budget
         self.pending: dict[int, list] = {o: [] for o in range(len(owners))}
-        self.absorbing: dict = {}  # absorb future -> owner index
+        self.absorbing: dict = {}  # absorb future -> (owner index, shares it takes)
 
     def __len__(self) -> int:
         return len(self.owners)
@@ -57,17 +59,29 @@ class Exchange:
             self.pending[o].append(submit(operator.getitem, read_future, o, priority=PRIORITY, pure=False))
             if len(self.pending[o]) >= SHARES_PER_ABSORB:
                 self._absorb(o)
-        self._forget_finished()
+        self.forget_finished()
         return counts
+
+    def backlog(self) -> float:
+        """Shares routed but not absorbed yet, in reads' worth (a read has one share per owner): what the
+        workers hold besides their accumulators, which the driver keeps bounded by reading no further ahead."""
+        waiting = sum(len(p) for p in self.pending.values()) + sum(n for _, n in self.absorbing.values())
+        return waiting / len(self.owners)
+
+    def send_pending(self) -> None:
+        """Absorb whatever waits for a full batch now (the driver does, rather than read further ahead)."""
+        for o in range(len(self.owners)):
+            if self.pending[o]:
+                self._absorb(o)
 
     def _absorb(self, o: int) -> None:
         shares, self.pending[o] = self.pending[o], []
         future = self.client.submit(absorb, self.run, self.load, shares, self.target, self.qtarget, self.budget,
                                     workers=[self.owners[o]], allow_other_workers=False, priority=PRIORITY,
                                     pure=False, key=f"absorb-{self.run}-{o}-{uuid.uuid4().hex[:8]}")
-        self.absorbing[future] = o
+        self.absorbing[future] = (o, len(shares))
 
-    def _forget_finished(self) -> None:
+    def forget_finished(self) -> None:
         for f in [f for f in self.absorbing if f.done()]:
             if f.status == "error":
                 try:
@@ -79,21 +93,23 @@ class Exchange:
     def drain(self, timeout: float) -> None:
         """Send what is pending and wait until every absorb has run, or its owner died (then the owner index moves
         to a live worker; the shares it held are read again after the hand-over)."""
-        for o in range(len(self.owners)):
-            if self.pending[o]:
-                self._absorb(o)
+        self.send_pending()
         deadline = time.monotonic() + timeout
         while self.absorbing:
             wait_any(self.absorbing)
-            self._forget_finished()
-            alive = set(self.client.scheduler_info(n_workers=-1)["workers"])
-            for f, o in list(self.absorbing.items()):
-                if self.owners[o] not in alive:
-                    f.cancel()
-                    del self.absorbing[f]
+            self.forget_finished()
+            self.give_up_dead()
             if self.absorbing and time.monotonic() > deadline:
                 raise LoadError(f"{len(self.absorbing)} share hand-over task(s) did not finish within {timeout:.0f} s")
         self.replace_dead()
+
+    def give_up_dead(self) -> None:
+        """Cancel the absorbs pinned to owners that died: they would wait forever (their shares are read again)."""
+        alive = set(self.client.scheduler_info(n_workers=-1)["workers"])
+        for f, (o, _) in list(self.absorbing.items()):
+            if self.owners[o] not in alive:
+                f.cancel()
+                del self.absorbing[f]
 
     def replace_dead(self) -> list[int]:
         """Give the owner indices of dead workers to live ones (the least loaded first)."""

@@ -14,7 +14,7 @@ from concurrent.futures import CancelledError, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import pyarrow as pa
-from distributed import Client, KilledWorker, as_completed
+from distributed import Client, KilledWorker
 from isal.isal_zlib import error as IsalError
 
 from ..config import Settings
@@ -38,6 +38,7 @@ from .partition_commit import commit_load
 
 STAGE = "partition"
 HEAD_RANGES = 2  # a streaming head task reads this many range sizes while the index pass runs
+READS_AHEAD = 3  # reads per worker thread that may be running, queued or waiting for their owners (Reads)
 READ_RETRIES = 2  # read tasks are idempotent (an accumulator takes a range once): Dask may rerun them
 HAND_OVER_TIMEOUT = 600  # seconds one worker may take to write and hand over its files
 
@@ -199,20 +200,22 @@ def _run(client, settings, table, qtable, plan: Plan, load: Load) -> dict:
     owners = list(client.scheduler_info(n_workers=-1)["workers"])
     buckets = bucket_count(table)
     ranges, pending = start_sources(client, sources, settings)  # the workers start reading at once
-    futures = _submit(client, sources, ranges, load.load_id, len(owners), buckets, settings)
+    reads = Reads(client, sources, load.load_id, len(owners), buckets, settings)
+    reads.add(ranges)
+    reads.submit(0)
     # meanwhile: table metadata grows with the table's history: send it to each worker once, not with every task
     target, qtarget = client.scatter([WriteTarget.of(table), WriteTarget.of(qtable)], broadcast=True, hash=False)
     exchange = Exchange(client, load.run_id, load.load_id, owners, target, qtarget, settings.memory_budget)
     for i, index in pending.items():  # while an index pass runs, the file's head is read (start_sources)
         head = next((r for r in ranges if r.source_index == i), None)
-        more = plan_indexed(i, _result(index, futures), settings.read.range_size,
+        more = plan_indexed(i, _result(index, reads.futures), settings.read.range_size,
                             start=head.end if head else 0, first_number=1 if head else 0,
                             tail=len(owners) * settings.read.range_size)
         ranges += more
-        futures += _submit(client, sources, more, load.load_id, len(exchange), buckets, settings)
+        reads.add(more)
     say(f"{len(ranges)} read task(s) over {len(sources)} source(s), {len(exchange)} owner(s)")
     results: dict = {}
-    _collect(futures, exchange, results, "read")
+    _collect(reads, exchange, results, "read")
 
     files, qfiles, seen = [], [], set()
     for attempt in range(3):
@@ -235,8 +238,9 @@ def _run(client, settings, table, qtable, plan: Plan, load: Load) -> dict:
         exchange.replace_dead()
         target, qtarget = client.scatter([WriteTarget.of(table), WriteTarget.of(qtable)], broadcast=True, hash=False)
         exchange.target, exchange.qtarget = target, qtarget
-        again = _submit(client, sources, list(lost), load.load_id, len(exchange), buckets, settings)
-        _collect(again, exchange, results, "read again", {f.key: owners for f, owners in zip(again, lost.values())})
+        again = Reads(client, sources, load.load_id, len(exchange), buckets, settings)
+        again.add(list(lost), lost)
+        _collect(again, exchange, results, "read again")
     else:
         raise LoadError(f"{len(lost)} range(s) could not be read after 3 attempts")
 
@@ -292,10 +296,60 @@ def _hand_over(client: Client, lid: str) -> list[dict]:
     return out
 
 
-def _submit(client, sources, ranges, load, owners, buckets, settings) -> list:
-    return [client.submit(read_range, sources[r.source_index], r, load, owners, buckets, settings,
-                          key=f"read-{load}-{r.key}-{uuid.uuid4().hex[:6]}", retries=READ_RETRIES)
-            for r in ranges]
+class Reads:
+    """The read tasks of a load, submitted no further ahead than the exchange keeps up with.
+
+    Submitting every range at once would let each worker read on while the shares of its earlier reads wait for
+    their owners (an owner absorbs only between its own reads, and not while it writes files): a backlog that
+    grows with the file, next to the budgeted accumulators. So at most READS_AHEAD reads per worker thread are
+    running, queued, or not yet absorbed by their owners; the next range is submitted as those drain.
+    """
+
+    def __init__(self, client: Client, sources: list[Source], load: str, owners: int, buckets: int,
+                 settings: Settings):
+        self.client, self.sources, self.load = client, sources, load
+        self.owners, self.buckets, self.settings = owners, buckets, settings
+        threads = sum(w["nthreads"] for w in client.scheduler_info(n_workers=-1)["workers"].values())
+        self.window = READS_AHEAD * max(1, threads)
+        self.todo: list[ByteRange] = []
+        self.only: dict = {}  # range key -> the owners whose shares to route (a range read again)
+        self.futures: list = []  # submitted, not yet finished
+        self.range_of: dict = {}  # future key -> range key
+        self.total = 0
+
+    def add(self, ranges: list[ByteRange], only: dict | None = None) -> None:
+        self.todo += ranges
+        self.total += len(ranges)
+        for r, owners in (only or {}).items():
+            self.only[r.key] = owners
+
+    def submit(self, backlog: float) -> list:
+        """Submit reads while fewer than the window are running, queued, or waiting (`backlog`) for owners;
+        returns the new futures."""
+        new = []
+        while self.todo and len(self.futures) + len(new) + backlog < self.window:
+            r = self.todo.pop(0)
+            new.append(self.client.submit(
+                read_range, self.sources[r.source_index], r, self.load, self.owners, self.buckets, self.settings,
+                key=f"read-{self.load}-{r.key}-{uuid.uuid4().hex[:6]}", retries=READ_RETRIES))
+            self.range_of[new[-1].key] = r.key
+        self.futures += new
+        return new
+
+    def __contains__(self, future) -> bool:
+        return future.key in self.range_of
+
+    def done(self, future) -> None:
+        self.futures.remove(future)
+
+    def owners_of(self, future) -> set | None:
+        """The owners whose shares of a finished read are routed (None: all)."""
+        return self.only.get(self.range_of[future.key]) if self.only else None
+
+    def cancel(self) -> None:
+        self.todo.clear()
+        for f in self.futures:
+            f.cancel()
 
 
 def _result(future, others: list):
@@ -310,37 +364,45 @@ def _result(future, others: list):
         raise
 
 
-def _collect(futures: list, exchange: Exchange, results: dict, label: str, only: dict | None = None) -> None:
-    """Route each finished read's shares through the exchange and keep its counts. A read's own result holds its
-    shares, so it is never fetched here: only its errors are. A finished read is released at once (the exchange
-    holds what it still needs) and its counts are taken when they arrive, so the next finished read is routed
-    without waiting for them (they queue behind the worker's running read); a read lost with its worker is read
-    again after the hand-over. `only` (future key
-    → owners) limits a range read again to the shares that were lost: the others are already handed over."""
-    progress = Progress(len(futures), label)
-    reads = set(futures)
-    pending = as_completed(futures)
+def _collect(reads: Reads, exchange: Exchange, results: dict, label: str) -> None:
+    """Route each finished read's shares through the exchange and keep its counts, submitting further reads as
+    the exchange keeps up (Reads). A read's own result holds its shares, so it is never fetched here: only its
+    errors are. A finished read is released at once (the exchange holds what it still needs) and its counts are
+    taken when they arrive, so the next finished read is routed without waiting for them (they queue behind the
+    worker's running read); a read lost with its worker is read again after the hand-over, and so are the shares
+    of an owner that died (its absorbs are given up on, never waited for)."""
+    progress = Progress(reads.total, label)
+    counts: set = set()
     try:
-        for fut in pending:
-            if fut not in reads:  # a read's counts: routing other reads never waits for them
-                try:
-                    res = fut.result()
-                    results[res.key] = res
-                    progress.step(res.uncompressed)
-                except (CancelledError, KilledWorker):
-                    pass
-            elif fut.status == "error":
-                error = fut.exception()
-                if not isinstance(error, (CancelledError, KilledWorker)):  # lost with a worker: read again later
-                    for f in futures:
-                        f.cancel()
-                    raise error
-            elif fut.status == "finished":
-                pending.add(exchange.add(fut, only.get(fut.key) if only else None))
-            fut.release()
+        while reads.todo or reads.futures or counts:
+            if reads.todo and len(reads.futures) + exchange.backlog() >= reads.window:
+                exchange.send_pending()  # rather than wait for full batches
+            reads.submit(exchange.backlog())
+            if not reads.futures and reads.todo:  # nothing is being read: whatever holds the window, not these
+                reads.submit(0)
+            done = wait_any(set(reads.futures) | counts | set(exchange.absorbing))
+            for fut in done:
+                if fut in counts:
+                    counts.discard(fut)
+                    if fut.status == "finished":  # else lost with its worker: read again after the hand-over
+                        res = fut.result()
+                        results[res.key] = res
+                        progress.step(res.uncompressed)
+                elif fut in reads:
+                    reads.done(fut)
+                    if fut.status == "error":
+                        error = fut.exception()
+                        if not isinstance(error, (CancelledError, KilledWorker)):  # lost: read again later
+                            reads.cancel()
+                            raise error
+                    elif fut.status == "finished":
+                        counts.add(exchange.add(fut, reads.owners_of(fut)))
+                    fut.release()
+            exchange.forget_finished()  # an owner's own error (a failed write) fails the load here
+            if not done:
+                exchange.give_up_dead()
     finally:
         progress.close()
-        futures.clear()
 
 
 def start_sources(client: Client, sources: list[Source], settings: Settings):
