@@ -198,8 +198,11 @@ def test_two_loads_at_once_of_different_sources_both_land_and_of_one_source_only
 
 
 def test_the_memory_budget_holds_across_many_sources_on_one_worker(tmp_path):
-    """Outside a Dask worker the accumulators live in this process: after every range, what is buffered stays
-    within the budget plus the one range just added, however many sources the load has."""
+    """Outside a Dask worker the accumulators live in this process: after every range, what is buffered in
+    memory stays within the budget plus the one range just added, however many sources the load has; the rest
+    is spilled to disk, and the load still ends in one file per (source, partition), the spills deleted."""
+    import os
+
     from pipeline.read.sources import describe
     from pipeline.stages import accumulate
     from pipeline.stages.partition import read_range
@@ -223,7 +226,13 @@ def test_the_memory_budget_holds_across_many_sources_on_one_worker(tmp_path):
         written += out["result"].written
         peak = max(peak, accumulate.buffered_bytes())
     assert peak <= 256 * 1024 + 3_000 * 64, peak  # the budget, plus one range's Arrow rows
+    acc = accumulate._registry()["load-x.run"]
+    spilled = [s.path for s in acc.spills]
+    assert len(spilled) >= 2 and all(os.path.getsize(p) for p in spilled)
+    groups = set(acc.groups).union(*(s.spans for s in acc.spills))
     out = accumulate.finish_load("load-x.run")
+    assert not any(os.path.exists(p) for p in spilled)
+    assert len(out["files"]) == len(groups)  # one file per (source, partition), however often it spilled
     assert sum(f.data_file.record_count for f in out["files"]) == written == 36_000
     assert {f.source for f in out["files"]} == {describe(str(tmp_path / f"s{i}.csv.gz")).fingerprint
                                                  for i in range(12)}
@@ -235,3 +244,38 @@ def _dimension(tmp_path) -> str:
         path.write_text("campaign_id,campaign_name,channel\n" +
                         "".join(f"campaign_{i:02d},Campaign {i},{['video', 'search'][i % 2]}\n" for i in range(21)))
     return str(path)
+
+
+def test_a_group_larger_than_the_target_file_size_rolls_into_several_files(tmp_path):
+    """Rows streamed to the writer piece by piece (as from a spill) go into files of about the table's
+    write.target-file-size-bytes, each with its own rows' moments; together exactly the rows given."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from datetime import date
+
+    from pipeline.report import stats
+    from pipeline.table.catalog import create_or_load, table_properties
+    from pipeline.table.schema import fact_schema, fact_spec
+    from pipeline.table.write import WriteTarget, write_data_files
+
+    settings = load_settings(warehouse=str(tmp_path / "wh"))
+    props = {**table_properties(settings), "write.target-file-size-bytes": str(16 * 1024),
+             "write.parquet.row-group-limit": "5000"}
+    t = create_or_load(open_catalog(settings.warehouse, None), ("impressions", "fact"), fact_schema(), fact_spec(8),
+                       props)
+    pieces = [pa.table({"ad_date": pa.array([date(2019, 1, 1)] * 7_000, pa.date32()),
+                        "impression_id": pa.array(range(i * 7_000, (i + 1) * 7_000), pa.int64()),
+                        "campaign_id": pa.array(["campaign_01"] * 7_000).dictionary_encode(),
+                        "video_id": pa.array([f"video_{i}"] * 7_000).dictionary_encode(),
+                        "viewing_percentage": pa.array([(j % 997) / 997 for j in range(7_000)])})
+              for i in range(10)]
+    written = write_data_files(WriteTarget.of(t), [((date(2019, 1, 1), 3), "a" * 24, lambda: iter(pieces))])
+    assert len(written) > 2
+    sizes = [w.data_file.file_size_in_bytes for w in written]
+    assert all(s < 16 * 1024 + 32 * 1024 for s in sizes), sizes  # the target, plus at most one row group
+    ids = pa.concat_tables([pq.read_table(w.data_file.file_path.removeprefix("file://")) for w in written])
+    assert sorted(ids["impression_id"].to_pylist()) == list(range(70_000))
+    assert sum(w.data_file.record_count for w in written) == 70_000
+    whole = stats.chunk(pa.concat_tables(pieces)["viewing_percentage"])
+    merged = stats.combine_many(w.moments for w in written)
+    assert merged.n == whole.n and merged.mean == pytest.approx(whole.mean, rel=1e-12)

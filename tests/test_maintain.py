@@ -27,10 +27,17 @@ MiB = 1 << 20
 
 
 def load_many(client, settings, tmp_path, n=6, rows=4_000):
-    """Loads read in several ranges whose owners flush after each (an 8 KiB budget), so each partition gets several
-    small files per source: what compaction is for."""
-    small = dataclasses.replace(settings, memory_budget=8 * 1024,
-                                read=dataclasses.replace(settings.read, range_size=48 * 1024, index_spacing=16 * 1024))
+    """Loads into a table whose writers roll to a new data file every few KiB (`write.target-file-size-bytes`,
+    with small row groups), so each partition gets several small files per source: what compaction is for."""
+    from pipeline.table.catalog import create_or_load, open_catalog, table_name, table_properties
+    from pipeline.table.schema import fact_schema, fact_spec
+
+    small = dataclasses.replace(settings, read=dataclasses.replace(settings.read, range_size=48 * 1024,
+                                                                   index_spacing=16 * 1024))
+    rolling = {**table_properties(settings), "write.target-file-size-bytes": "4096",
+               "write.parquet.row-group-limit": "64"}
+    create_or_load(open_catalog(settings.warehouse, settings.catalog), table_name("FACT", settings.namespace),
+                   fact_schema(), fact_spec(settings.buckets), rolling)
     for i in range(n):
         partition(client, small, [write_gz(tmp_path / f"day{i}.csv.gz", lines(rows, 100 + i, first_id=i * 10**6))],
                   "FACT")

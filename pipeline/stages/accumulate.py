@@ -6,14 +6,20 @@ its owner, whose `absorb` task adds it to the worker's accumulator for the load.
 worker, and a partition gets about one file per load — not one per worker — whatever the worker count.
 
 When everything a worker buffers — all loads, all sources — passes `write.memory-budget`, the largest accumulator
-writes one data file per (source, partition) and forgets its rows: a worker's memory is bounded by the budget,
-whatever the file or the number of sources. The files are committed later by the driver, all in one snapshot.
+spills its rows to the worker's local disk (Arrow IPC, no compression: cheap to write and to read back): a
+worker's memory is bounded by the budget, whatever the file or the number of sources. At the end of the read
+phase each owner writes one data file per (source, partition) from its memory and its spills, streaming a
+group row group by row group, so the budget bounds memory without multiplying the files. The files are committed
+later by the driver, all in one snapshot.
 
 Accumulators live on the Dask worker object, so they disappear with the worker; the driver checks that every
 share of every range reached a surviving accumulator and reads again the ranges whose shares did not.
 """
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 import threading
 from dataclasses import dataclass, field
 
@@ -78,8 +84,40 @@ def split_by_owner(rows: pa.Table, buckets: int, owners: int) -> list:
 
 
 @dataclass
+class Spill:
+    """Rows an accumulator moved from memory to its worker's local disk: one file, in which each (source,
+    partition key) group is an Arrow IPC stream of its own (a stream, unlike the IPC file format, takes each
+    slice's own dictionaries as they are), found by its byte span."""
+
+    path: str
+    spans: dict  # (source, key) -> (offset, length)
+
+    @classmethod
+    def write(cls, path: str, groups: dict) -> "Spill":
+        spans = {}
+        with pa.OSFile(path, "wb") as sink:
+            for group, slices in groups.items():
+                start = sink.tell()
+                with pa.ipc.new_stream(sink, slices[0].schema) as stream:
+                    for piece in slices:
+                        stream.write_table(piece)
+                spans[group] = (start, sink.tell() - start)
+        return cls(path, spans)
+
+    def read(self, group) -> pa.Table | None:
+        """The group's rows (read, not memory-mapped: pages of a mapped spill would count as the worker's)."""
+        if group not in self.spans:
+            return None
+        offset, length = self.spans[group]
+        with pa.OSFile(self.path) as f:
+            f.seek(offset)
+            return pa.ipc.open_stream(f.read(length)).read_all()
+
+
+@dataclass
 class Accumulator:
-    """One load's rows on one worker, grouped by (source fingerprint, partition key)."""
+    """One load's rows on one worker, grouped by (source fingerprint, partition key): in memory, and in spills
+    on the worker's local disk once the budget was passed; written as one data file per group at the end."""
 
     load_id: str
     target: WriteTarget
@@ -89,6 +127,8 @@ class Accumulator:
     quarantine: list = field(default_factory=list)
     nbytes: int = 0
     parts: set = field(default_factory=set)  # "<range>@<owner>": the shares taken
+    spills: list = field(default_factory=list)
+    spill_dir: str | None = None
     files: list = field(default_factory=list)
     quarantine_files: list = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -111,28 +151,57 @@ class Accumulator:
             return True
 
     def flush(self) -> None:
+        """Free the memory: the rows go to a spill on the local disk, quarantined lines to their files."""
         with self.lock:
             self._flush()
 
     def _flush(self) -> None:
-        groups = []
-        for (source, key) in sorted(self.groups):
-            rows = pa.concat_tables(self.groups[(source, key)])
-            groups.append(((to_date(key // self.buckets), key % self.buckets), source, rows))
-        self.groups.clear()
-        if groups:
-            self.files.extend(write_data_files(self.target, groups, threads=_task_threads()))
+        if self.groups:
+            if self.spill_dir is None:
+                self.spill_dir = tempfile.mkdtemp(prefix=f"spill-{self.load_id}-", dir=_local_directory())
+            path = os.path.join(self.spill_dir, f"{len(self.spills):05d}.arrows")
+            self.spills.append(Spill.write(path, self.groups))
+            self.groups.clear()
+        self._write_quarantine()
+        self.nbytes = 0
+
+    def _write_quarantine(self) -> None:
         if self.quarantine:
             q = pa.concat_tables(self.quarantine)
             self.quarantine = []
             self.quarantine_files.extend(
                 w.data_file for w in write_data_files(self.quarantine_target, [((self.load_id,), "0" * 24, q)]))
-        self.nbytes = 0
+
+    def _pieces(self, group):
+        """A group's rows, spill by spill and then what is in memory, each let go once it is written."""
+        for spill in self.spills:
+            rows = spill.read(group)
+            if rows is not None:
+                yield rows
+        yield from self.groups.pop(group, [])
 
     def finish(self) -> dict:
+        """Write one data file per group (and the quarantined lines); returns what this worker hands over."""
         with self.lock:
-            self._flush()
+            try:
+                keys = sorted(set(self.groups).union(*(s.spans for s in self.spills)))
+                groups = [((to_date(k // self.buckets), k % self.buckets), source,
+                           lambda group=(source, k): self._pieces(group)) for source, k in keys]
+                if groups:
+                    self.files.extend(write_data_files(self.target, groups, threads=_task_threads()))
+                self._write_quarantine()
+                self.nbytes = 0
+            finally:
+                self.discard()
             return {"parts": sorted(self.parts), "files": self.files, "quarantine_files": self.quarantine_files}
+
+    def discard(self) -> None:
+        """Forget the buffered rows and delete the spills (the load failed, or they were written)."""
+        self.groups.clear()
+        self.spills = []
+        if self.spill_dir is not None:
+            shutil.rmtree(self.spill_dir, ignore_errors=True)
+            self.spill_dir = None
 
 
 def quarantine_table(load_id: str, source: str, offsets, reasons, lines) -> pa.Table:
@@ -140,6 +209,17 @@ def quarantine_table(load_id: str, source: str, offsets, reasons, lines) -> pa.T
     return pa.table([pa.array([load_id] * n, pa.string()), pa.array([source] * n, pa.string()),
                      pa.array(offsets, pa.int64()), pa.array(reasons, pa.string()), pa.array(lines, pa.binary())],
                     schema=QUARANTINE_SCHEMA)
+
+
+def _local_directory() -> str | None:
+    """The worker's own scratch directory (Dask's `temporary-directory`; removed with the worker), else the
+    system's temporary directory."""
+    try:
+        from distributed import get_worker
+
+        return get_worker().local_directory
+    except ValueError:
+        return None
 
 
 def _task_threads() -> int:
@@ -225,4 +305,9 @@ def drop_load(load_id: str, dask_worker=None) -> int:
     everywhere with `client.run(drop_load, run_id)`."""
     reg = _registry(dask_worker)
     with _REGISTRY_LOCK:
-        return 1 if reg.pop(load_id, None) is not None else 0
+        acc = reg.pop(load_id, None)
+    if acc is None:
+        return 0
+    with acc.lock:
+        acc.discard()
+    return 1

@@ -63,14 +63,13 @@ def join_file(src: WriteTarget, dst: WriteTarget, dim_rows: pa.Table, path: str,
     """Read one source file, join it, write it into the same partition of the target, named for the same source
     (the target's writer puts the columns in its order and types, and fills the ones the rows lack with nulls)."""
     facts = read_file(src, path)
-    result = {"source_file": path, "rows_read": facts.num_rows, "orphans": 0, "record": None}
+    result = {"source_file": path, "rows_read": facts.num_rows, "orphans": 0, "records": []}
     if facts.num_rows == 0:
         return result
     joined, orphans = join_rows(facts, dim_rows, attributes)
     values = (joined["ad_date"][0].as_py(), bucket_of(joined["campaign_id"][0].as_py(), bucket_count(dst.metadata)))
-    (written,) = write_data_files(dst, [(values, fingerprint_of(path) or NO_SOURCE, joined)])
     result["orphans"] = orphans
-    result["record"] = written
+    result["records"] = write_data_files(dst, [(values, fingerprint_of(path) or NO_SOURCE, joined)])
     return result
 
 
@@ -151,7 +150,7 @@ def join(client: Client, settings, dimension: str | Dimension, source_arg: str, 
         dim_snapshot = store(catalog, dst_ident[0], settings, dim, lid, "dimension")
         target = evolve(target, dim)
         results = run_file_tasks(client, WriteTarget.of(source), WriteTarget.of(target), paths, dim, "join")
-        records: list[WrittenFile] = [r["record"] for r in results if r["record"] is not None]
+        records: list[WrittenFile] = [w for r in results for w in r["records"]]
 
         def plan(t):
             if not full and lineage(t.properties) != dst_lin:

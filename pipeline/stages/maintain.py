@@ -74,10 +74,10 @@ def plan_compaction(table, target_size: int) -> list[dict]:
     return batches
 
 
-def compact_batch(target: WriteTarget, paths: list[str], values: tuple, source: str) -> list:
-    """Read a batch of small files of one partition and source, write them as one file."""
+def compact_batch(target: WriteTarget, paths: list[str], values: tuple, source: str, size: int) -> list:
+    """Read a batch of small files of one partition and source, write them as one file (of at most `size`)."""
     rows = pa.concat_tables([read_file(target, p) for p in paths], promote_options="default")
-    return write_data_files(target, [(values, source, rows)])
+    return write_data_files(target, [(values, source, rows)], file_size=size)
 
 
 def compact(client: Client, settings, table_arg: str, target_size: int) -> dict:
@@ -103,7 +103,7 @@ def _compact_once(client, table, ident, target_size) -> dict:
                            files_written=0, bytes_written=0, files_rewritten=0, reason="no partition has small files")
     inputs = [f for b in batches for f in b["files"]]
     load.status("RUNNING", files_rewritten=len(inputs))
-    calls = [([f.file_path for f in b["files"]], _partition_values(table, b["files"][0]), b["source"])
+    calls = [([f.file_path for f in b["files"]], _partition_values(table, b["files"][0]), b["source"], target_size)
              for b in batches]
     try:
         written = [w for ws in map_shared(client, compact_batch, [WriteTarget.of(table)], calls, "compact") for w in ws]

@@ -163,7 +163,7 @@ def _rewrite(client, catalog, settings, source, dst_ident, in_place, merged, hit
         _check_same_field_ids(source, target)
     results = run_file_tasks(client, WriteTarget.of(source), WriteTarget.of(target), [f.file_path for f in hit],
                              merged, "rewrite")
-    records = [r["record"] for r in results if r["record"] is not None]
+    records = [w for r in results for w in r["records"]]
     copies = [] if in_place else _copy_files(source, target, keep)
     hit_paths = {f.file_path for f in hit}
     hit_partitions = {_partition_of(f) for f in hit}
