@@ -184,11 +184,13 @@ def test_the_driver_killed_before_the_commit_leaves_the_table_as_it_was(tmp_path
     a = write_gz(tmp_path / "a.csv.gz", impression_bytes(20_000, seed=1))
     b = write_gz(tmp_path / "b.csv.gz", impression_bytes(ROWS, seed=2, first_id=20_001))
     partition(client, settings, [a], "FACT")
+    # writers that roll to a new file every few KiB: the hand-over writes files for seconds before the commit
+    with table(wh, "fact").transaction() as tx:
+        tx.set_properties({"write.target-file-size-bytes": "2048", "write.parquet.row-group-limit": "200"})
     before = state(wh)
     fact = table(wh, "fact")
     committed = data_files_on_disk(fact)
 
-    # a small memory budget: the workers write files while they read, long before the commit
     with Cli(impressions(wh, "partition", b, "FACT", workers=1),
              env=cli_env({"DASK_IMPRESSIONS__WRITE__MEMORY_BUDGET": "256 KiB"})) as cli:
         cli.wait_status("partition", "RUNNING")

@@ -300,7 +300,7 @@ class Reads:
     """The read tasks of a load, submitted no further ahead than the exchange keeps up with.
 
     Submitting every range at once would let each worker read on while the shares of its earlier reads wait for
-    their owners (an owner absorbs only between its own reads, and not while it writes files): a backlog that
+    their owners (an owner absorbs only between its own reads, and not while it spills): a backlog that
     grows with the file, next to the budgeted accumulators. So at most READS_AHEAD reads per worker thread are
     running, queued, or not yet absorbed by their owners; the next range is submitted as those drain.
     """
@@ -384,10 +384,12 @@ def _collect(reads: Reads, exchange: Exchange, results: dict, label: str) -> Non
             for fut in done:
                 if fut in counts:
                     counts.discard(fut)
-                    if fut.status == "finished":  # else lost with its worker: read again after the hand-over
+                    if fut.status == "finished":
                         res = fut.result()
                         results[res.key] = res
                         progress.step(res.uncompressed)
+                    elif fut.status == "error" and not isinstance(fut.exception(), (CancelledError, KilledWorker)):
+                        raise fut.exception()  # else lost with its worker: read again after the hand-over
                 elif fut in reads:
                     reads.done(fut)
                     if fut.status == "error":
