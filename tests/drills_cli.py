@@ -384,7 +384,7 @@ def _phase_watcher(phase: str, note: str):
 
     Phases (function names of the running task, read from its frames):
       read       a read task parsing its range (`read_range`, not flushing) on a worker that holds buffered rows
-      flush      the accumulator writing files because the memory budget was passed (`_flush` under `keep_within`)
+      flush      the accumulator spilling to disk because the memory budget was passed (`_flush` under `keep_within`)
       hand-over  the end-of-read hand-over of a worker's files (`finish_load`, the `finish-…` task)
       join       a join or update-rewrite task (`join_file`)
     """

@@ -109,7 +109,7 @@ def _drilled(cli: Cli, tmp_path, phases: list[tuple[str, str, str]]) -> list[dic
 
 
 def test_workers_killed_mid_read_mid_flush_and_in_the_hand_over(tmp_path, settings):
-    """A small memory budget (256 KiB): the accumulators write files while the workers read. Three workers are
+    """A small memory budget (256 KiB): the accumulators spill to disk while the workers read. Three workers are
     SIGKILLed in one load (the nannies start fresh ones): one mid-read while it holds buffered rows, one while it
     writes files because the budget was passed, one while it hands over its files at the end of the read phase
     (the `finish-…` task). The load ends exact (every row once) or fails cleanly, within the bound."""

@@ -223,7 +223,7 @@ def _local_directory() -> str | None:
 
 
 def _task_threads() -> int:
-    """The task threads of this worker: a flush writes that many files at once (one, outside a worker)."""
+    """The task threads of this worker: the hand-over writes that many files at once (one, outside a worker)."""
     try:
         from distributed import get_worker
 

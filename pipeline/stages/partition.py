@@ -86,7 +86,9 @@ def read_range(source: Source, r: ByteRange, load: str, owners: int, buckets: in
     quarantine = quarantine_table(load, source.url, q_off, q_reason, q_line) if q_off else None
     rows = pa.concat_tables(parts).unify_dictionaries().combine_chunks() if len(parts) > 1 else \
         parts[0] if parts else None
+    parts.clear()  # the blocks' tables are copied into `rows`: not three copies at once while splitting
     shares = split_by_owner(rows, buckets, owners) if rows is not None else [None] * owners
+    rows = None
     keeper = r.number % owners  # the owner whose share carries the quarantined lines
     out = {"result": result}
     for o in range(owners):
