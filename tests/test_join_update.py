@@ -10,6 +10,7 @@ import subprocess
 import sys
 from collections import Counter, defaultdict
 
+import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
@@ -312,3 +313,33 @@ def test_racing_joins_never_duplicate_rows(settings, data, joined, tmp_path):
     catalog = catalog_of(settings)
     joined_rows = load_table(catalog, table_name("FACT_JOINED")).scan().to_arrow().num_rows
     assert joined_rows == load_table(catalog, table_name("FACT_PARTITIONED")).scan().to_arrow().num_rows == 125_000
+
+
+def test_the_lookup_join_equals_arrows_hash_join():
+    """join on campaign_id is a per-campaign lookup (dictionary-encoded attributes): row for row the same as
+    Arrow's own left outer hash join, with orphans, null attribute values and an all-null attribute."""
+    import random
+    from datetime import date
+
+    from pipeline.stages.join import MATCHED, lookup_join
+
+    rng = random.Random(5)
+    n = 5_000
+    facts = pa.table({"ad_date": pa.array([date(2019, 1, 1 + i % 3) for i in range(n)], pa.date32()),
+                      "impression_id": pa.array(range(n), pa.int64()),
+                      "campaign_id": pa.array([f"campaign_{rng.randrange(30):02d}" for _ in range(n)]),
+                      "video_id": pa.array([f"video_{i % 4}" for i in range(n)]),
+                      "viewing_percentage": pa.array([rng.random() for _ in range(n)])})
+    facts = pa.concat_tables([facts.slice(0, 2_000), facts.slice(2_000)])  # two chunks
+    dim = pa.table({"campaign_id": [f"campaign_{i:02d}" for i in range(0, 40, 2)],  # odd ids are orphans
+                    "name": [None if i % 6 == 0 else f"Campaign {i}" for i in range(0, 40, 2)],
+                    "budget": pa.array([i * 10 for i in range(0, 40, 2)], pa.int64()),
+                    "gone": pa.array([None] * 20, pa.string())})
+    ours, orphans = lookup_join(facts, dim, ["name", "budget", "gone"])
+    theirs = facts.join(dim.append_column(MATCHED, pa.array([True] * 20)), keys="campaign_id",
+                        join_type="left outer")
+    assert orphans == theirs[MATCHED].null_count > 0
+    key = lambda t: t.select(["impression_id", "name", "budget", "gone"]).cast(  # noqa: E731
+        pa.schema([("impression_id", pa.int64()), ("name", pa.string()), ("budget", pa.int64()),
+                   ("gone", pa.string())])).sort_by("impression_id").to_pylist()
+    assert key(ours) == key(theirs)

@@ -47,11 +47,52 @@ def broadcast_copy(dim: Dimension) -> pa.Table:
 
 def join_rows(facts: pa.Table, dim_rows: pa.Table, attributes: list[str]) -> tuple[pa.Table, int]:
     """Left join; returns the joined rows (fact columns, then attributes) and the orphan count."""
-    keys = ["ad_date", "campaign_id"] if "ad_date" in dim_rows.column_names else ["campaign_id"]
     facts = facts.select(COLUMNS)
-    joined = facts.join(dim_rows, keys=keys, join_type="left outer", use_threads=False)
+    if "ad_date" not in dim_rows.column_names:
+        return lookup_join(facts, dim_rows, attributes)
+    joined = facts.join(dim_rows, keys=["ad_date", "campaign_id"], join_type="left outer", use_threads=False)
     orphans = joined[MATCHED].null_count
     return joined.select(COLUMNS + attributes), orphans
+
+
+def lookup_join(facts: pa.Table, dim_rows: pa.Table, attributes: list[str]) -> tuple[pa.Table, int]:
+    """The left join on campaign_id alone, as a lookup: each distinct campaign of a chunk is looked up once in
+    the dimension, and every attribute column becomes a dictionary array whose indices are the rows' dimension
+    row (null: no match) and whose dictionary is the dimension's column — no hash join, no copy of the
+    attribute values per row (the writer stores them dictionary-encoded as they are). The facts' order is kept."""
+    import pyarrow.compute as pc
+
+    keys = dim_rows["campaign_id"].combine_chunks()
+    values = {a: _without_nulls(dim_rows[a].combine_chunks()) for a in attributes}
+    columns: dict = {a: [] for a in attributes}
+    orphans = 0
+    for chunk in facts["campaign_id"].chunks:
+        encoded = chunk if pa.types.is_dictionary(chunk.type) else chunk.dictionary_encode()
+        at = pc.take(pc.index_in(encoded.dictionary, value_set=keys), encoded.indices)  # dimension row, or null
+        orphans += at.null_count
+        for a in attributes:
+            dictionary, valid = values[a]
+            if dictionary is None:  # the attribute is null for every campaign
+                columns[a].append(pa.nulls(len(chunk), dim_rows[a].type))
+                continue
+            indices = at if valid is None else pc.if_else(pc.take(valid, at), at, pa.scalar(None, at.type))
+            columns[a].append(pa.DictionaryArray.from_arrays(indices, dictionary))
+    joined = facts
+    for a in attributes:
+        kind = dim_rows[a].type if values[a][0] is None else pa.dictionary(pa.int32(), dim_rows[a].type)
+        joined = joined.append_column(a, pa.chunked_array(columns[a], kind))
+    return joined, orphans
+
+
+def _without_nulls(values: pa.Array):
+    """(a dictionary for `values` without null entries — Parquet cannot write those —, which entries are valid);
+    a null entry is replaced by a valid value that no row will point to. (None, None): every entry is null."""
+    if values.null_count == 0:
+        return values, None
+    if values.null_count == len(values):
+        return None, None
+    valid = values.is_valid()
+    return values.fill_null(values.filter(valid)[0]), valid
 
 
 def read_file(target: WriteTarget, path: str) -> pa.Table:
