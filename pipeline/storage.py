@@ -39,7 +39,6 @@ from dataclasses import dataclass
 import dask.config
 import fsspec
 import pyarrow.fs
-import s3fs
 from dask.utils import parse_timedelta
 from pyiceberg.io import InputFile, OutputFile
 from pyiceberg.io.pyarrow import PyArrowFileIO
@@ -232,30 +231,43 @@ class _IcebergFile(InputFile, OutputFile):
 # ------------------------------------------------------------------ filesystems and URLs
 
 
-class S3FileSystem(s3fs.S3FileSystem):
-    """s3fs whose every call fails with `translate_error` (one line, builtin type, naming the object).
+def __getattr__(name: str):
+    if name == "S3FileSystem":  # defined on first use: s3fs (aiobotocore, aiohttp) costs ~0.25 s to import
+        return _s3_filesystem_class()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
-    The exception *types* are the ones s3fs itself raises (FileNotFoundError, PermissionError, OSError), so s3fs's
-    own control flow (a missing key, then a listing) is unchanged; only the message gains the object and the
-    action."""
 
-    protocol = ("s3", "s3a")
-    retries = S3FS_BODY_ATTEMPTS
+@functools.cache
+def _s3_filesystem_class():
+    import s3fs
 
-    async def _call_s3(self, method, *akwarglist, **kwargs):
-        try:
-            return await super()._call_s3(method, *akwarglist, **kwargs)
-        except Exception as e:  # noqa: BLE001 - translated, or passed on unchanged below
-            bucket, key = kwargs.get("Bucket", ""), kwargs.get("Key", kwargs.get("Prefix", ""))
-            url = f"s3://{bucket}/{key}" if bucket else "s3://"
-            translated = translate_error(e, url, operation=_camel(method))
-            if translated is e or _keep_for_s3fs(e):
-                raise
-            if isinstance(translated, TimeoutError):
-                # s3fs's loop around a body read would retry a TimeoutError (socket.timeout) once more on top of
-                # the retries already done: hand it on as the OSError it is (same message, errno ETIMEDOUT)
-                translated = _retyped(translated, OSError, errno.ETIMEDOUT)
-            raise translated from e
+    class S3FileSystem(s3fs.S3FileSystem):
+        """s3fs whose every call fails with `translate_error` (one line, builtin type, naming the object).
+
+        The exception *types* are the ones s3fs itself raises (FileNotFoundError, PermissionError, OSError), so s3fs's
+        own control flow (a missing key, then a listing) is unchanged; only the message gains the object and the
+        action."""
+
+        protocol = ("s3", "s3a")
+        retries = S3FS_BODY_ATTEMPTS
+
+        async def _call_s3(self, method, *akwarglist, **kwargs):
+            try:
+                return await super()._call_s3(method, *akwarglist, **kwargs)
+            except Exception as e:  # noqa: BLE001 - translated, or passed on unchanged below
+                bucket, key = kwargs.get("Bucket", ""), kwargs.get("Key", kwargs.get("Prefix", ""))
+                url = f"s3://{bucket}/{key}" if bucket else "s3://"
+                translated = translate_error(e, url, operation=_camel(method))
+                if translated is e or _keep_for_s3fs(e):
+                    raise
+                if isinstance(translated, TimeoutError):
+                    # s3fs's loop around a body read would retry a TimeoutError (socket.timeout) once more on top of
+                    # the retries already done: hand it on as the OSError it is (same message, errno ETIMEDOUT)
+                    translated = _retyped(translated, OSError, errno.ETIMEDOUT)
+                raise translated from e
+
+    S3FileSystem.__module__, S3FileSystem.__qualname__ = __name__, "S3FileSystem"  # pickled by reference
+    return S3FileSystem
 
 
 def _retyped(e: BaseException, cls, eno: int) -> BaseException:
@@ -286,7 +298,7 @@ def filesystem(url: str) -> tuple[fsspec.AbstractFileSystem, str]:
     """(filesystem, path inside it) for a local path or an s3:// URL."""
     protocol = url.split("://", 1)[0] if "://" in url else "file"
     if protocol in ("s3", "s3a"):
-        return S3FileSystem(**s3fs_options()), url.split("://", 1)[1]
+        return _s3_filesystem_class()(**s3fs_options()), url.split("://", 1)[1]
     if protocol != "file":
         raise UsageError(f"unsupported URL scheme {protocol!r} in {url} (use a local path or s3://)")
     path = url.split("://", 1)[1] if url.startswith("file://") else url
