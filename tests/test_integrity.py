@@ -279,3 +279,29 @@ def test_a_group_larger_than_the_target_file_size_rolls_into_several_files(tmp_p
     whole = stats.chunk(pa.concat_tables(pieces)["viewing_percentage"])
     merged = stats.combine_many(w.moments for w in written)
     assert merged.n == whole.n and merged.mean == pytest.approx(whole.mean, rel=1e-12)
+
+
+def test_an_absorb_that_comes_after_its_load_was_dropped_keeps_nothing(tmp_path):
+    """A failed load is dropped on every worker while some of its absorbs may still be queued: those must not
+    start a new accumulator (rows of a failed load held until the worker dies), nor spill to disk."""
+    from pipeline.read.ranges import ByteRange
+    from pipeline.read.sources import describe
+    from pipeline.stages import accumulate
+    from pipeline.stages.partition import read_range
+    from pipeline.table.catalog import create_or_load, table_properties
+    from pipeline.table.schema import QUARANTINE_ICEBERG, QUARANTINE_SPEC, fact_schema, fact_spec
+    from pipeline.table.write import WriteTarget
+
+    settings = load_settings(warehouse=str(tmp_path / "wh"))
+    cat = open_catalog(settings.warehouse, None)
+    t = create_or_load(cat, ("impressions", "fact"), fact_schema(), fact_spec(8), table_properties(settings))
+    q = create_or_load(cat, ("impressions", "quarantine"), QUARANTINE_ICEBERG, QUARANTINE_SPEC,
+                       table_properties(settings))
+    s = describe(write_gz(tmp_path / "s.csv.gz", lines(2_000, 3)))
+    out = read_range(s, ByteRange(0, 0, 0, None, "stream"), "load-y", 1, 8, settings)
+    assert accumulate.absorb("load-y.a", "load-y", [out[0]], WriteTarget.of(t), WriteTarget.of(q), 1) == [out[0][0]]
+    spill_dir = accumulate._registry()["load-y.a"].spill_dir  # a 1-byte budget: it spilled at once
+    assert spill_dir and os.path.isdir(spill_dir)
+    assert accumulate.drop_load("load-y.a") == 1 and not os.path.exists(spill_dir)
+    assert accumulate.absorb("load-y.a", "load-y", [out[0]], WriteTarget.of(t), WriteTarget.of(q), 1) == []
+    assert "load-y.a" not in accumulate._registry() and accumulate.buffered_bytes() == 0

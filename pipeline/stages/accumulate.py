@@ -129,6 +129,7 @@ class Accumulator:
     parts: set = field(default_factory=set)  # "<range>@<owner>": the shares taken
     spills: list = field(default_factory=list)
     spill_dir: str | None = None
+    closed: bool = False  # written or dropped: a late share is not taken (nor spilled where nobody deletes it)
     files: list = field(default_factory=list)
     quarantine_files: list = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -137,7 +138,7 @@ class Accumulator:
         """Take one range's share for this owner at once (see split_by_owner); False if already taken (a range
         read again after a worker loss sends every owner its share again)."""
         with self.lock:
-            if part_key in self.parts:
+            if part_key in self.parts or self.closed:
                 return False
             if part is not None:
                 rows, keys, starts = part
@@ -156,7 +157,7 @@ class Accumulator:
             self._flush()
 
     def _flush(self) -> None:
-        if self.groups:
+        if self.groups and not self.closed:
             if self.spill_dir is None:
                 self.spill_dir = tempfile.mkdtemp(prefix=f"spill-{self.load_id}-", dir=_local_directory())
             path = os.path.join(self.spill_dir, f"{len(self.spills):05d}.arrows")
@@ -197,6 +198,7 @@ class Accumulator:
 
     def discard(self) -> None:
         """Forget the buffered rows and delete the spills (the load failed, or they were written)."""
+        self.closed = True
         self.groups.clear()
         self.spills = []
         if self.spill_dir is not None:
@@ -235,29 +237,51 @@ def _task_threads() -> int:
 # ------------------------------------------------------------ the per-worker registry
 
 _LOCAL: dict = {}  # used only outside a Dask worker (tests, synchronous runs)
+_LOCAL_DROPPED: set = set()
 _REGISTRY_LOCK = threading.RLock()  # re-entrant: helpers that hold it call _registry(), which takes it too
 
 
 def _registry(dask_worker=None) -> dict:
     """This worker's accumulators (one per load run). In a task the worker is found by `get_worker()`; from
     `Client.run` (which runs outside any task) it comes as the `dask_worker` argument Client.run passes."""
-    worker = dask_worker
+    worker = _worker(dask_worker)
     if worker is None:
-        try:
-            from distributed import get_worker
-
-            worker = get_worker()
-        except ValueError:
-            return _LOCAL
+        return _LOCAL
     with _REGISTRY_LOCK:
         if not hasattr(worker, "_impressions_accumulators"):
             worker._impressions_accumulators = {}
         return worker._impressions_accumulators
 
 
-def accumulator_for(load_id: str, make) -> Accumulator:
+def _dropped(dask_worker=None) -> set:
+    """The load runs dropped on this worker: an absorb of theirs that was still queued or running when the load
+    failed must not start a new accumulator after the drop."""
+    worker = _worker(dask_worker)
+    if worker is None:
+        return _LOCAL_DROPPED
+    with _REGISTRY_LOCK:
+        if not hasattr(worker, "_impressions_dropped"):
+            worker._impressions_dropped = set()
+        return worker._impressions_dropped
+
+
+def _worker(dask_worker=None):
+    if dask_worker is not None:
+        return dask_worker
+    try:
+        from distributed import get_worker
+
+        return get_worker()
+    except ValueError:
+        return None
+
+
+def accumulator_for(load_id: str, make) -> Accumulator | None:
+    """The worker's accumulator for a load run (made on first use); None once the run was dropped."""
     reg = _registry()
     with _REGISTRY_LOCK:
+        if load_id in _dropped():
+            return None
         if load_id not in reg:
             reg[load_id] = make()
         return reg[load_id]
@@ -267,6 +291,8 @@ def absorb(run: str, load: str, shares: list, target: WriteTarget, qtarget: Writ
     """The owner's side of the exchange (a task pinned to the owner): add the shares of some ranges to this
     worker's accumulator for the run, write files if the worker's budget is passed; returns the shares taken."""
     acc = accumulator_for(run, lambda: Accumulator(load, target, qtarget, bucket_count(target.metadata)))
+    if acc is None:  # the load failed and was dropped: nothing to keep
+        return []
     for part_key, source, part, quarantine in shares:
         acc.add_part(part_key, source, part, quarantine)
         keep_within(budget)
@@ -305,6 +331,7 @@ def drop_load(load_id: str, dask_worker=None) -> int:
     everywhere with `client.run(drop_load, run_id)`."""
     reg = _registry(dask_worker)
     with _REGISTRY_LOCK:
+        _dropped(dask_worker).add(load_id)
         acc = reg.pop(load_id, None)
     if acc is None:
         return 0
