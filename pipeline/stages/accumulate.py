@@ -216,22 +216,14 @@ def quarantine_table(load_id: str, source: str, offsets, reasons, lines) -> pa.T
 def _local_directory() -> str | None:
     """The worker's own scratch directory (Dask's `temporary-directory`; removed with the worker), else the
     system's temporary directory."""
-    try:
-        from distributed import get_worker
-
-        return get_worker().local_directory
-    except ValueError:
-        return None
+    worker = _worker()
+    return worker.local_directory if worker is not None else None
 
 
 def _task_threads() -> int:
     """The task threads of this worker: the hand-over writes that many files at once (one, outside a worker)."""
-    try:
-        from distributed import get_worker
-
-        return max(1, get_worker().state.nthreads)
-    except ValueError:
-        return 1
+    worker = _worker()
+    return max(1, worker.state.nthreads) if worker is not None else 1
 
 
 # ------------------------------------------------------------ the per-worker registry
