@@ -7,18 +7,33 @@ from __future__ import annotations
 
 import contextlib
 
-from distributed import Client
 
-from .local import announce, local_cluster, quiet_driver
+def prepare(scheduler: str | None, preload: tuple[str, ...] = ()) -> None:
+    """Called as a command begins: when `connect` will start a LocalCluster, its fork server (cluster/forkserver.py)
+    starts importing `preload` now, while the driver does its own checks."""
+    if scheduler:
+        return
+    from .settings import load_cloudprovider_settings
+
+    if load_cloudprovider_settings().cluster:
+        return
+    from . import forkserver
+
+    forkserver.start(preload)
 
 
 @contextlib.contextmanager
 def connect(scheduler: str | None = None, workers: int = 2, threads_per_worker: int = 1,
-            memory_limit: str | int | None = "auto", dashboard: bool = True):
+            memory_limit: str | int | None = "auto", dashboard: bool = True, preload: tuple[str, ...] = ()):
     """Yield a Client; a cluster we started is closed afterwards.
 
-    With `scheduler` the running cluster is used as it is and `workers` is ignored.
+    With `scheduler` the running cluster is used as it is and `workers` and `preload` (modules a LocalCluster's
+    fork server imports for its workers) are ignored.
     """
+    from distributed import Client
+
+    from .local import announce, local_cluster, quiet_driver
+
     quiet_driver()
     if scheduler:
         with Client(scheduler) as client:
@@ -35,6 +50,7 @@ def connect(scheduler: str | None = None, workers: int = 2, threads_per_worker: 
             announce(client)
             yield client
         return
-    with local_cluster(workers, threads_per_worker, memory_limit, dashboard) as cluster, Client(cluster) as client:
+    with local_cluster(workers, threads_per_worker, memory_limit, dashboard, preload) as cluster, \
+            Client(cluster) as client:
         announce(client)
         yield client

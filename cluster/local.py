@@ -6,12 +6,18 @@ import os
 import sys
 import warnings
 
+import dask.config
 from distributed import Client, LocalCluster
+
+from . import forkserver
 
 
 def local_cluster(workers: int = 2, threads_per_worker: int = 1, memory_limit: str | int | None = "auto",
-                  dashboard: bool = True) -> LocalCluster:
-    with warnings.catch_warnings():
+                  dashboard: bool = True, preload: tuple[str, ...] = ()) -> LocalCluster:
+    """Worker processes forked from the fork server (with `preload` imported once) or spawned, as
+    `impressions.worker-start` says (cluster/forkserver.py)."""
+    method = forkserver.method(preload)
+    with warnings.catch_warnings(), dask.config.set({"distributed.worker.multiprocessing-method": method}):
         # port 8787 taken (another cluster): distributed picks a free port, and we print the link anyway
         warnings.filterwarnings("ignore", message="Port .* is already in use")
         return LocalCluster(n_workers=workers, threads_per_worker=threads_per_worker, processes=True,

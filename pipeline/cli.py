@@ -179,6 +179,7 @@ def _client(settings):
     from cluster import connect
 
     from .report import live
+    from .stages import WORKER_MODULES
     from .report.loads import reporting
 
     with contextlib.ExitStack() as stack:
@@ -187,7 +188,7 @@ def _client(settings):
             with dask.config.set({"distributed.comm.timeouts.connect": "10s", **live.scheduler_config()}), \
                     _workers_ignore_sigint():
                 client = stack.enter_context(connect(settings.scheduler, settings.workers,
-                                                     settings.threads_per_worker))
+                                                     settings.threads_per_worker, preload=WORKER_MODULES))
         except OSError as e:  # TimeoutError included
             if settings.scheduler:
                 raise UsageError(f"cannot reach the Dask scheduler at {settings.scheduler}: "
@@ -249,6 +250,7 @@ def _writable(settings) -> None:
 
 
 LOADING = {"partition", "join", "update", "run", "demo", "compact"}  # commands whose loads go to the history
+CLUSTER = {"partition", "join", "update", "run", "demo", "compact"}  # commands that (nearly always) need workers
 
 
 def _dispatch(args) -> int:
@@ -275,9 +277,22 @@ def _dispatch(args) -> int:
         settings = _job_settings(args, job)
     else:
         settings = _settings(args)
+    if args.command in CLUSTER and not getattr(args, "dry_run", False):
+        _prepare_workers(settings)
     history = args.command in LOADING and not getattr(args, "dry_run", False)
     with _reporting(args, settings, history=history):
         return COMMANDS[args.command](args, settings, job)
+
+
+def _prepare_workers(settings) -> None:
+    """Before the command's own checks and imports: when it will start a LocalCluster, its fork server starts
+    importing the stage modules now, beside the driver (cluster/forkserver.py). A usage error found meanwhile
+    costs that server's imports, nothing else: it exits with this process."""
+    from cluster.connect import prepare
+
+    from .stages import WORKER_MODULES
+
+    prepare(settings.scheduler, WORKER_MODULES)
 
 
 def _partition(args, settings, job=None) -> int:

@@ -33,6 +33,7 @@ def demo(settings, rows: int = 3_000_000, data_dir: str = "demo-data") -> int:
     from cluster import connect
 
     from .jobfile import check_steps, run_steps
+    from .stages import WORKER_MODULES
     from .stages.table_stats import say_stats, summary
 
     files = _inputs(data_dir, rows)
@@ -43,7 +44,8 @@ def demo(settings, rows: int = 3_000_000, data_dir: str = "demo-data") -> int:
         {"stats": {"table": "FACT_UPDATED"}},
     ]
     checked = check_steps(steps, settings, os.getcwd())
-    with connect(settings.scheduler, settings.workers, settings.threads_per_worker) as client:
+    with connect(settings.scheduler, settings.workers, settings.threads_per_worker,
+                 preload=WORKER_MODULES) as client:
         results = run_steps(client, settings, checked)
     final = results[-1]
     say("")

@@ -148,7 +148,7 @@ def test_every_yaml_key_is_covered_above():
         assert f"`{key}`" in docs, f"{key} is not documented in README.md or docs/"
 
 
-ELSEWHERE = {"cloudwatch", "node", "cloudprovider", "s3"}
+ELSEWHERE = {"cloudwatch", "node", "cloudprovider", "s3", "worker-start"}
 
 
 def test_settings_are_frozen():

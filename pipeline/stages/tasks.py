@@ -13,17 +13,18 @@ from concurrent.futures import CancelledError
 from distributed import Client, KilledWorker, as_completed, fire_and_forget
 
 from ..errors import LoadError
+from . import WORKER_MODULES
 from ..report.loads import say
 from ..report.progress import Progress
 
 ATTEMPTS = 3
-WORKER_MODULES = ("pipeline.stages.partition", "pipeline.stages.join", "pipeline.stages.maintain")
 
 
 def warm_up(client: Client) -> None:
     """Import the stage modules on every worker now, without waiting for it: a fresh worker would otherwise
     import them (~1 s of pyarrow, pyiceberg, s3fs) inside the first task of the load, on its critical path,
-    while the driver is still fingerprinting sources and opening the catalog."""
+    while the driver is still fingerprinting sources and opening the catalog. Workers forked from the LocalCluster's
+    fork server have them already (cluster/forkserver.py); the Batch nodes' and other clusters' workers need this."""
     for worker in client.scheduler_info(n_workers=-1)["workers"]:
         fire_and_forget(client.submit(_import, WORKER_MODULES, workers=[worker], allow_other_workers=False,
                                       pure=False, key=f"warm-up-{worker}"))

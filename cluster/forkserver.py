@@ -1,0 +1,79 @@
+"""LocalCluster workers forked from one process that has imported the pipeline once (`impressions.worker-start`).
+
+A spawned worker is a fresh interpreter: it imports distributed, pyarrow, pyiceberg and the stage modules itself
+(~1.5 s of CPU per worker, and its first task waits for them). multiprocessing's *fork server* is one process that
+imports them once and forks every worker from that state. `start` launches it as a command begins, so it imports
+while the driver checks its sources and opens the catalog; by the time the LocalCluster starts, each worker is a
+fork away from ready.
+
+A forked worker inherits the server's environment, working directory and malloc settings from when the server
+started, not the driver's at the time of the fork. So the server is started with Dask's pre-spawn environment
+already applied (the malloc thresholds are read once, at process start), and a cluster whose driver has since
+changed its environment or directory gets spawned workers instead (`method`): a worker never runs with settings
+other than the ones a spawned worker would have had.
+"""
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+
+import dask.config
+
+import pipeline.config  # noqa: F401  (the shipped defaults: impressions.worker-start, the pre-spawn environment)
+
+METHODS = ("forkserver", "spawn")
+# The one fork server multiprocessing keeps per process, and the environment it was started with.
+_started: dict = {}
+
+
+def configured() -> str:
+    method = dask.config.get("impressions.worker-start")
+    if method not in METHODS:
+        from pipeline.errors import UsageError
+
+        raise UsageError(f"worker-start must be one of {', '.join(METHODS)}, got {method!r}")
+    return method
+
+
+def start(modules: tuple[str, ...] = ()) -> None:
+    """Start the fork server, importing distributed's worker and `modules` in it, unless it runs already or
+    workers are to be spawned. Returns at once: the server imports in the background."""
+    if configured() != "forkserver" or _started:
+        return
+    os.environ.update(_spawn_environment())
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(["distributed", "distributed.worker", "distributed.nanny", *modules])
+    # workers inherit an ignored SIGINT (the driver alone acts on a terminal's Ctrl-C, pipeline/cli.py)
+    handler = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        from multiprocessing import forkserver
+
+        forkserver.ensure_running()
+    finally:
+        signal.signal(signal.SIGINT, handler)
+    _started.update(_state())
+
+
+def method(modules: tuple[str, ...] = ()) -> str:
+    """How the next LocalCluster starts its workers: `forkserver` when the server (started now if need be) was
+    started in the environment a spawned worker would get now, else `spawn`."""
+    start(modules)
+    if _started and _started == _state():
+        return "forkserver"
+    return "spawn"
+
+
+def _state() -> dict:
+    return {"environ": {**os.environ, **_spawn_environment()}, "cwd": os.getcwd()}
+
+
+def _spawn_environment() -> dict:
+    """What a nanny puts into the environment before it spawns a worker, by its rules: the keys of
+    `distributed.nanny.pre-spawn-environ` (a variable already set wins, None unsets), and the fixed hash seed it adds
+    so that every worker hashes strings alike."""
+    config = dask.config.get("distributed.nanny.pre-spawn-environ") or {}
+    env = {k: os.environ.get(k, str(v)) for k, v in config.items() if v is not None}
+    if env.get("PYTHONHASHSEED") in (None, "0"):
+        env["PYTHONHASHSEED"] = "6640"
+    return env

@@ -1,0 +1,87 @@
+"""`impressions.worker-start`: LocalCluster workers forked from one fork server that imported the stage modules
+once, or spawned; a worker never runs with another environment than a spawned one would have had.
+
+Each check runs in a fresh Python process: multiprocessing keeps one fork server per process, and one started by
+an earlier test (in another environment) would rightly make every cluster here spawn its workers."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from drills_cli import ROOT, cli_env, impression_bytes, impressions, one_error_line, run, succeeded
+
+VIEWS = r"""
+import json, os, sys
+import dask.config
+from distributed import Client
+from cluster.local import local_cluster
+
+def worker_view():
+    return {"ppid": os.getppid(), "preloaded": "pipeline.stages.partition" in sys.modules,
+            "mark": os.environ.get("IMPRESSIONS_TEST_MARK"), "malloc": os.environ.get("MALLOC_MMAP_THRESHOLD_")}
+
+def view():
+    with local_cluster(workers=1, dashboard=False, preload=("pipeline.stages.partition",)) as cluster, \
+            Client(cluster) as client:
+        (got,) = client.run(worker_view).values()
+    return {**got, "driver": os.getpid()}
+
+out = {"first": view()}
+os.environ["IMPRESSIONS_TEST_MARK"] = "changed"  # the driver's environment changes after the server started
+out["second"] = view()
+out["shipped_malloc"] = str(dask.config.get("distributed.nanny.pre-spawn-environ")["MALLOC_MMAP_THRESHOLD_"])
+print(json.dumps(out))
+"""
+
+
+def _views(method: str) -> dict:
+    env = cli_env({"DASK_IMPRESSIONS__WORKER_START": method})
+    env.pop("IMPRESSIONS_TEST_MARK", None)
+    res = subprocess.run([sys.executable, "-c", VIEWS], env=env, cwd=ROOT, capture_output=True, text=True,
+                         timeout=180)
+    assert res.returncode == 0, res.stderr[-3000:]
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def test_forked_workers_have_the_stage_modules_and_the_spawn_environment():
+    """Forked from the server (not the driver), the preloaded module already imported, the shipped pre-spawn
+    malloc setting in place; after the driver's environment changes, the next cluster's workers are spawned by the
+    driver's nanny and see the change."""
+    got = _views("forkserver")
+    first, second = got["first"], got["second"]
+    assert first["ppid"] != first["driver"]  # a child of the fork server
+    assert first["preloaded"] is True
+    assert first["malloc"] == got["shipped_malloc"]
+    assert first["mark"] is None
+    assert second["ppid"] == second["driver"]
+    assert second["mark"] == "changed" and second["preloaded"] is False
+    assert second["malloc"] == got["shipped_malloc"]
+
+
+def test_spawned_workers_when_configured():
+    got = _views("spawn")
+    for v in (got["first"], got["second"]):
+        assert v["ppid"] == v["driver"] and v["preloaded"] is False and v["malloc"] == got["shipped_malloc"]
+    assert got["second"]["mark"] == "changed"
+
+
+def test_the_same_table_with_either_start_method(tmp_path):
+    """A load through the CLI with forked and with spawned workers: the same rows, statuses alike."""
+    src = tmp_path / "in.csv"
+    src.write_bytes(impression_bytes(20_000, seed=3))
+    done = {}
+    for method in ("forkserver", "spawn"):
+        cli = run(impressions(tmp_path / method, "partition", src, "fact"),
+                  env=cli_env({"DASK_IMPRESSIONS__WORKER_START": method}))
+        done[method] = succeeded(cli)
+    assert done["forkserver"]["rows_written"] == done["spawn"]["rows_written"] == 20_000
+    assert done["forkserver"]["files_written"] == done["spawn"]["files_written"]
+
+
+def test_an_unknown_start_method_is_a_usage_error(tmp_path):
+    src = tmp_path / "in.csv"
+    src.write_bytes(impression_bytes(100, seed=1))
+    cli = run(impressions(tmp_path / "wh", "partition", src, "fact"),
+              env=cli_env({"DASK_IMPRESSIONS__WORKER_START": "thread"}))
+    one_error_line(cli, 2, "worker-start must be one of forkserver, spawn")
