@@ -398,6 +398,7 @@ class Bench:
 
     # ---- peers in their own venvs
     def peer(self, log: Path, name: str, shape: str) -> dict:
+        """`shape` names an input: a shape, or "big" (the memory case's larger file)."""
         out = self.scratch / f"{name}-{shape}"
         shutil.rmtree(out, ignore_errors=True)
         src = str(REPO / self.inputs[shape]["path"])
@@ -487,6 +488,9 @@ class Bench:
         self.measured(experiment="memory", shape=shape, peer="impressions cold (4x input)", rnd=rnd,
                       fn=lambda log: self.impressions(log, shape, self.scratch / "cold-big", 2,
                                                       src=str(REPO / self.inputs["big"]["path"]), big=True))
+        if "duckdb" in self.args.only:  # how the ratio to DuckDB moves with the input's size (fixed costs)
+            self.measured(experiment="memory", shape=shape, peer="duckdb (4x input)", rnd=rnd,
+                          fn=lambda log: self.peer(log, "duckdb", "big"))
 
     def run(self) -> None:
         a = self.args

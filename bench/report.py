@@ -132,8 +132,11 @@ def analyse(header: dict, runs: list[dict]) -> dict:
     small = (group(runs, experiment="memory", peer="impressions cold (1x input)")
              or group(runs, experiment="partition", shape=big_shape, peer="impressions cold"))
     if big and small:
-        memory = {"1x": medians(small), "4x": medians(big),
+        memory = {"1x": medians(small), "4x": medians(big), "big_shape": big_shape,
                   "1x_rows": header["inputs"][big_shape]["rows"], "4x_rows": header["inputs"]["big"]["rows"]}
+        duck4 = group(runs, experiment="memory", peer="duckdb (4x input)")
+        if duck4:
+            memory["duckdb_4x"] = medians(duck4)
         w1, w4 = memory["1x"]["worker_peak_rss"], memory["4x"]["worker_peak_rss"]
         factor = memory["4x_rows"] / memory["1x_rows"]
         targets.append(target("peak RSS per worker, 4x input <= 1.2 x 1x", big_shape, ratio(w4, w1),
@@ -342,6 +345,13 @@ def markdown(header, runs, failures, a, out: Path) -> str:
                           gib(m['maxrss_kb'] * 1024 if m['maxrss_kb'] else None), gib(m['peak_rss_tree']),
                           f"{m['files']:,.0f}"] for k, m in (("1x", m1), ("4x", m4))]).replace("| 4x |", f"| {factor:g}x |"),
                   ""]
+        duck4 = a["memory"].get("duckdb_4x")
+        duck1 = a["partition"].get(a["memory"]["big_shape"], {}).get("duckdb")
+        if duck4:
+            at1 = f"; on the 1× file {m1['wall'] / duck1['wall']:.2f}×" if duck1 else ""
+            lines += [f"DuckDB on the {factor:g}× file: {f1(duck4['wall'])} s wall, {f1(duck4['cpu'])} CPU s — "
+                      f"impressions cold ÷ DuckDB = {m4['wall'] / duck4['wall']:.2f}×{at1} (fixed start-up costs "
+                      "weigh less on a larger file).", ""]
     elif "memory" not in cfg["units"]:
         lines += ["The 4× memory case was not part of this run (unit `memory`; `make bench-quick` leaves it out).", ""]
 

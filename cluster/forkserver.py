@@ -10,13 +10,15 @@ A forked worker inherits the server's environment, working directory and malloc 
 started, not the driver's at the time of the fork. So the server is started with Dask's pre-spawn environment
 already applied (the malloc thresholds are read once, at process start), and a cluster whose driver has since
 changed its environment or directory gets spawned workers instead (`method`): a worker never runs with settings
-other than the ones a spawned worker would have had.
+other than the ones a spawned worker would have had. The server lives as long as its cluster (`stop`), so the
+next cluster of the same process starts from the environment of its own time.
 """
 from __future__ import annotations
 
 import multiprocessing
 import os
 import signal
+import threading
 
 import dask.config
 
@@ -62,6 +64,22 @@ def method(modules: tuple[str, ...] = ()) -> str:
     if _started and _started == _state():
         return "forkserver"
     return "spawn"
+
+
+def stop(timeout: float = 10.0) -> None:
+    """Stop the server once its cluster has closed, and reap it: no server outlives its cluster, and its CPU (with
+    that of the workers it reaped) counts in the driver's own resource usage, as spawned workers' would. Bounded:
+    a server whose last worker is slow to exit is left to exit with it."""
+    if not _started:
+        return
+    _started.clear()
+    from multiprocessing import forkserver
+
+    stopper = getattr(forkserver._forkserver, "_stop", None)  # CPython's own (used by its tests); absent: skipped
+    if stopper is not None:
+        t = threading.Thread(target=stopper, name="forkserver-stop", daemon=True)
+        t.start()
+        t.join(timeout)
 
 
 def _state() -> dict:

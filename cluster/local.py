@@ -1,6 +1,7 @@
 """A LocalCluster of worker processes on this machine (the default when no scheduler is given)."""
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
@@ -12,17 +13,25 @@ from distributed import Client, LocalCluster
 from . import forkserver
 
 
+@contextlib.contextmanager
 def local_cluster(workers: int = 2, threads_per_worker: int = 1, memory_limit: str | int | None = "auto",
-                  dashboard: bool = True, preload: tuple[str, ...] = ()) -> LocalCluster:
-    """Worker processes forked from the fork server (with `preload` imported once) or spawned, as
-    `impressions.worker-start` says (cluster/forkserver.py)."""
+                  dashboard: bool = True, preload: tuple[str, ...] = ()):
+    """A LocalCluster whose worker processes are forked from the fork server (with `preload` imported once) or
+    spawned, as `impressions.worker-start` says (cluster/forkserver.py); the server stops with the cluster."""
     method = forkserver.method(preload)
-    with warnings.catch_warnings(), dask.config.set({"distributed.worker.multiprocessing-method": method}):
-        # port 8787 taken (another cluster): distributed picks a free port, and we print the link anyway
-        warnings.filterwarnings("ignore", message="Port .* is already in use")
-        return LocalCluster(n_workers=workers, threads_per_worker=threads_per_worker, processes=True,
-                            memory_limit=memory_limit, dashboard_address=":8787" if dashboard else None,
-                            silence_logs=_worker_log_level())
+    try:
+        # for the whole life of the cluster: a worker its nanny restarts is forked too
+        with dask.config.set({"distributed.worker.multiprocessing-method": method}):
+            with warnings.catch_warnings():
+                # port 8787 taken (another cluster): distributed picks a free port, and we print the link anyway
+                warnings.filterwarnings("ignore", message="Port .* is already in use")
+                cluster = LocalCluster(n_workers=workers, threads_per_worker=threads_per_worker, processes=True,
+                                       memory_limit=memory_limit, dashboard_address=":8787" if dashboard else None,
+                                       silence_logs=_worker_log_level())
+            with cluster:
+                yield cluster
+    finally:
+        forkserver.stop()  # also one started for this cluster that the cluster could not use
 
 
 def connect(*args, **kwargs):

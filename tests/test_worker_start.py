@@ -12,24 +12,38 @@ import sys
 from drills_cli import ROOT, cli_env, impression_bytes, impressions, one_error_line, run, succeeded
 
 VIEWS = r"""
-import json, os, sys
+import json, os, resource, sys, time
 import dask.config
 from distributed import Client
+from cluster import forkserver
 from cluster.local import local_cluster
 
+PRELOAD = ("pipeline.stages.partition",)
+
 def worker_view():
+    t = time.process_time()
+    while time.process_time() - t < 1.0:  # one CPU second the driver's resource usage must show afterwards
+        pass
     return {"ppid": os.getppid(), "preloaded": "pipeline.stages.partition" in sys.modules,
             "mark": os.environ.get("IMPRESSIONS_TEST_MARK"), "malloc": os.environ.get("MALLOC_MMAP_THRESHOLD_")}
 
+def children():
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime
+
 def view():
-    with local_cluster(workers=1, dashboard=False, preload=("pipeline.stages.partition",)) as cluster, \
-            Client(cluster) as client:
+    before = children()
+    with local_cluster(workers=1, dashboard=False, preload=PRELOAD) as cluster, Client(cluster) as client:
         (got,) = client.run(worker_view).values()
-    return {**got, "driver": os.getpid()}
+    children_cpu = children() - before
+    return {**got, "driver": os.getpid(), "children_cpu": children_cpu}
 
 out = {"first": view()}
-os.environ["IMPRESSIONS_TEST_MARK"] = "changed"  # the driver's environment changes after the server started
+os.environ["IMPRESSIONS_TEST_MARK"] = "changed"  # the next cluster's workers see the driver's environment of now
 out["second"] = view()
+forkserver.start(PRELOAD)  # as a command begins (pipeline/cli.py) ...
+os.environ["IMPRESSIONS_TEST_MARK"] = "changed again"  # ... and the environment changes before the cluster starts
+out["third"] = view()
 out["shipped_malloc"] = str(dask.config.get("distributed.nanny.pre-spawn-environ")["MALLOC_MMAP_THRESHOLD_"])
 print(json.dumps(out))
 """
@@ -45,25 +59,29 @@ def _views(method: str) -> dict:
 
 
 def test_forked_workers_have_the_stage_modules_and_the_spawn_environment():
-    """Forked from the server (not the driver), the preloaded module already imported, the shipped pre-spawn
-    malloc setting in place; after the driver's environment changes, the next cluster's workers are spawned by the
-    driver's nanny and see the change."""
+    """Forked from a server (not the driver) with the preloaded module already imported and the shipped pre-spawn
+    malloc setting; each cluster has its own server, started in the environment of its time, and reaped with it
+    (the workers' CPU shows in the driver's resource usage); a server started before the driver's environment
+    changed is not used: that cluster's workers are spawned by the driver's nanny."""
     got = _views("forkserver")
-    first, second = got["first"], got["second"]
-    assert first["ppid"] != first["driver"]  # a child of the fork server
-    assert first["preloaded"] is True
-    assert first["malloc"] == got["shipped_malloc"]
-    assert first["mark"] is None
-    assert second["ppid"] == second["driver"]
-    assert second["mark"] == "changed" and second["preloaded"] is False
-    assert second["malloc"] == got["shipped_malloc"]
+    first, second, third = got["first"], got["second"], got["third"]
+    for v in (first, second):
+        assert v["ppid"] != v["driver"]  # a child of the fork server
+        assert v["preloaded"] is True
+    assert first["ppid"] != second["ppid"]  # a new server for the second cluster
+    assert first["mark"] is None and second["mark"] == "changed"
+    assert third["ppid"] == third["driver"] and third["preloaded"] is False and third["mark"] == "changed again"
+    for v in (first, second, third):
+        assert v["malloc"] == got["shipped_malloc"]
+        assert v["children_cpu"] >= 0.9, v  # the worker's busy second, reaped through its server
 
 
 def test_spawned_workers_when_configured():
     got = _views("spawn")
-    for v in (got["first"], got["second"]):
+    for v in (got["first"], got["second"], got["third"]):
         assert v["ppid"] == v["driver"] and v["preloaded"] is False and v["malloc"] == got["shipped_malloc"]
-    assert got["second"]["mark"] == "changed"
+        assert v["children_cpu"] >= 0.9, v
+    assert got["third"]["mark"] == "changed again"
 
 
 def test_the_same_table_with_either_start_method(tmp_path):
