@@ -75,6 +75,7 @@ class ReadSettings:
     block_size: int
     max_line: int
     quarantine_line_bytes: int
+    index_threads: int = 1
 
 
 @dataclass(frozen=True)
@@ -155,6 +156,7 @@ def load_settings(**overrides) -> Settings:
             block_size=byte_size(get("read.block-size")),
             max_line=byte_size(get("read.max-line")),
             quarantine_line_bytes=byte_size(get("read.quarantine-line-bytes")),
+            index_threads=_int("read.index-threads", get("read.index-threads")),
         ),
         memory_budget=byte_size(get("write.memory-budget")),
         compression=str(get("write.compression")),
@@ -190,6 +192,8 @@ def validate(s: Settings) -> None:
                          "must be at least 1 KiB")
     if s.read.max_line < 1024:
         raise UsageError("read.max-line must be at least 1 KiB")
+    if not 1 <= s.read.index_threads <= 1024:
+        raise UsageError(f"read.index-threads must be between 1 and 1024, got {s.read.index_threads}")
     if not 0 < s.records.heartbeat < s.records.stale_after:
         raise UsageError("records.heartbeat must be above 0 and below records.stale-after")
     if s.maintenance.target_file_size < 1 << 20 or s.maintenance.retain_last < 1:

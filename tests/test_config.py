@@ -93,6 +93,7 @@ EVERY_KEY = [
     ("scheduler", "tcp://10.0.0.1:8786", "scheduler", "tcp://10.0.0.1:8786"),
     ("read.range-size", "512 MiB", "read.range_size", 512 * MiB),
     ("read.index-spacing", "8 MiB", "read.index_spacing", 8 * MiB),
+    ("read.index-threads", 4, "read.index_threads", 4),
     ("read.small-file", "1 MiB", "read.small_file", 1 * MiB),
     ("read.block-size", "4 MiB", "read.block_size", 4 * MiB),
     ("read.max-line", "2 MiB", "read.max_line", 2 * MiB),

@@ -124,6 +124,18 @@ def test_many_read_tasks_give_exactly_the_reference_rows(client, settings, tmp_p
     assert record["rows_quarantined"] == 0
 
 
+@pytest.mark.parametrize("members", [1, 3])
+def test_an_index_pass_on_several_threads_gives_the_same_rows(client, settings, tmp_path, members):
+    """`read.index-threads`: rapidgzip's parallel decoder builds the index; the read tasks seek with it as with
+    one built on one thread (one gzip member and several)."""
+    import dataclasses
+
+    threaded = dataclasses.replace(settings, read=dataclasses.replace(settings.read, index_threads=4))
+    data = b"\n".join(good_lines(60_000, seed=members)) + b"\n"
+    record, _, _ = check_against_reference(client, threaded, tmp_path, data, members)
+    assert record["read_tasks"] > 4
+
+
 def test_crlf_no_final_newline_bom_and_several_members_with_an_empty_one(client, settings, tmp_path):
     lines = good_lines(40_000, seed=1)
     data = b"\xef\xbb\xbf" + b"\r\n".join(lines)  # CRLF, no final line break

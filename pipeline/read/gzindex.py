@@ -105,13 +105,17 @@ class Reader:
             self._file.close()
 
 
-def build_index(source: Source, warehouse: str, spacing: int) -> GzipIndex:
-    """The index pass (runs as a task): inflate everything, check CRCs and completeness, cache the index."""
+def build_index(source: Source, warehouse: str, spacing: int, threads: int = 1) -> GzipIndex:
+    """The index pass (runs as a task): inflate everything, check CRCs and completeness, cache the index.
+
+    With `threads` > 1 rapidgzip's parallel decoder inflates chunks of the stream on that many threads (the task
+    holds one of its worker's slots but uses that many cores): the pass a cold load of a big file waits for, made
+    shorter on a node with cores to spare. On 2 cores it is slower than one thread (README, Performance)."""
     url = cache_url(warehouse, source)
     fs, path = filesystem(url)
     if fs.exists(path):
         return parse_index(fs.cat_file(path), url)
-    reader = Reader(source, parallelization=1, chunk_size=spacing)
+    reader = Reader(source, parallelization=threads, chunk_size=spacing)
     try:
         buf = bytearray(4 << 20)
         while reader.readinto(buf):

@@ -430,7 +430,7 @@ def start_sources(client: Client, sources: list[Source], settings: Settings):
             fs, path = filesystem(cache_url(settings.warehouse, s))
             if not fs.exists(path):
                 now.append(ByteRange(i, 0, 0, _head_size(s.size, workers, rs), "stream"))
-            pending[i] = client.submit(build_index, s, settings.warehouse, rs.index_spacing,
+            pending[i] = client.submit(build_index, s, settings.warehouse, rs.index_spacing, rs.index_threads,
                                        key=f"gzindex-{s.fingerprint}", retries=0)
     if pending:
         say(f"index pass over {len(pending)} gzip file(s)...")
