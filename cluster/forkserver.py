@@ -46,14 +46,17 @@ def start(modules: tuple[str, ...] = ()) -> None:
     os.environ.update(_spawn_environment())
     ctx = multiprocessing.get_context("forkserver")
     ctx.set_forkserver_preload(["distributed", "distributed.worker", "distributed.nanny", *modules])
-    # workers inherit an ignored SIGINT (the driver alone acts on a terminal's Ctrl-C, pipeline/cli.py)
-    handler = signal.signal(signal.SIGINT, signal.SIG_IGN)
-    try:
-        from multiprocessing import forkserver
+    from multiprocessing import forkserver
 
+    if threading.current_thread() is not threading.main_thread():  # signal handlers are the main thread's
         forkserver.ensure_running()
-    finally:
-        signal.signal(signal.SIGINT, handler)
+    else:
+        # workers inherit an ignored SIGINT (the driver alone acts on a terminal's Ctrl-C, pipeline/cli.py)
+        handler = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        try:
+            forkserver.ensure_running()
+        finally:
+            signal.signal(signal.SIGINT, handler)
     _started.update(_state())
 
 

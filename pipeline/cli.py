@@ -179,8 +179,8 @@ def _client(settings):
     from cluster import connect
 
     from .report import live
-    from .stages import WORKER_MODULES
     from .report.loads import reporting
+    from .stages import WORKER_MODULES
 
     with contextlib.ExitStack() as stack:
         try:

@@ -13,9 +13,9 @@ from concurrent.futures import CancelledError
 from distributed import Client, KilledWorker, as_completed, fire_and_forget
 
 from ..errors import LoadError
-from . import WORKER_MODULES
 from ..report.loads import say
 from ..report.progress import Progress
+from . import WORKER_MODULES
 
 ATTEMPTS = 3
 
