@@ -17,7 +17,8 @@ Options (command line, or the BENCH_* environment variable named in --help):
     files        impressions cold with 4 workers (vs 1 worker: files per partition)
     update       after the cold 2-worker run: join, update --dry-run, update of 3 campaigns (+1 new) in place,
                  stats (metadata) and stats --recount
-    memory       impressions cold, 2 workers, on a 4x larger daily file (peak RSS per worker vs 1x)
+    memory       impressions cold, 2 workers, on a 4x larger daily file (peak RSS per worker vs 1x; and DuckDB on
+                 the same file when duckdb is selected too)
   shapes (BENCH_SHAPES): daily (2 dates) and backfill (60 dates), BENCH_ROWS rows each (22 M ~ 1 GB of CSV)
 
 Every run is a fresh process; a round runs every selected unit once per shape, in an order rotated by one each
