@@ -73,7 +73,7 @@ def test_defaults_come_from_the_shipped_yaml():
     assert s.read.block_size == 16 * MiB
     assert s.read.max_line == 16 * MiB
     assert s.read.quarantine_line_bytes == d["read"]["quarantine-line-bytes"] == 65536
-    assert s.memory_budget == 256 * MiB  # beyond it a worker spills to disk: its files stay one per partition
+    assert s.memory_budget == 128 * MiB  # beyond it a worker spills to disk: its files stay one per partition
     assert s.compression == d["write"]["compression"] == "zstd"
     assert s.row_group_rows == d["write"]["row-group-rows"]
     assert s.quarantine_table == "quarantine"     # DESIGN: impressions.quarantine
