@@ -314,7 +314,8 @@ def markdown(header, runs, failures, a, out: Path) -> str:
                         f"of wall on {mach['cores']} cores if perfectly parallel.", ""]
             if "imports" in st:
                 lines += [f"Start-up of one impressions process (Python + `import distributed, pipeline.cli, "
-                          f"pipeline.stages.*`), paid by the driver and by every worker: {st['imports']['wall']:.1f} s "
+                          f"pipeline.stages.*`), paid by the driver and once by the fork server its workers are forked from "
+                          f"(`worker-start: forkserver`; by every worker with `spawn`): {st['imports']['wall']:.1f} s "
                           f"wall, {st['imports']['cpu']:.1f} CPU s.", ""]
             cold = peers.get("impressions cold")
             if cold:
