@@ -103,3 +103,27 @@ def test_an_unknown_start_method_is_a_usage_error(tmp_path):
     cli = run(impressions(tmp_path / "wh", "partition", src, "fact"),
               env=cli_env({"DASK_IMPRESSIONS__WORKER_START": "thread"}))
     one_error_line(cli, 2, "worker-start must be one of forkserver, spawn")
+
+
+def test_the_cli_forks_its_workers_from_the_server(tmp_path):
+    """Through the CLI as a user runs it: every worker of a load is a child of the fork server, not of the
+    driver, unless `spawn` is asked for. Each worker reports its parent from a Dask worker preload script."""
+    script = tmp_path / "report_parent.py"
+    script.write_text("import os, pathlib\n"
+                      "d = pathlib.Path(os.environ['IMPRESSIONS_TEST_PARENTS'])\n"
+                      "(d / str(os.getpid())).write_text(str(os.getppid()))\n")
+    src = tmp_path / "in.csv"
+    src.write_bytes(impression_bytes(5_000, seed=2))
+    for method in ("forkserver", "spawn"):
+        parents = tmp_path / f"parents-{method}"
+        parents.mkdir()
+        cli = run(impressions(tmp_path / f"wh-{method}", "partition", src, "fact"),
+                  env=cli_env({"DASK_IMPRESSIONS__WORKER_START": method, "IMPRESSIONS_TEST_PARENTS": str(parents),
+                               "DASK_DISTRIBUTED__WORKER__PRELOAD": f'["{script}"]'}))
+        succeeded(cli)
+        seen = {int(p.name): int(p.read_text()) for p in parents.iterdir()}
+        assert len(seen) == 2, seen  # the two workers
+        if method == "forkserver":
+            assert cli.pid not in seen.values() and len(set(seen.values())) == 1, (cli.pid, seen)
+        else:
+            assert set(seen.values()) == {cli.pid}, (cli.pid, seen)
