@@ -21,7 +21,7 @@ demo: install
 	$(BIN)/impressions demo
 
 # Two pytest processes, a test module each at a time (most tests wait on processes and sockets, not on CPU):
-# about 7 minutes on 2 cores (measured 2026-12-06: 6.3-6.5 min, the install excluded). TEST_ARGS passes more, e.g. TEST_ARGS="-n 0 -k drills".
+# about 7 minutes on 2 cores (measured 2026-12-06: 5.9-6.7 min, the install excluded). TEST_ARGS passes more, e.g. TEST_ARGS="-n 0 -k drills".
 test: install
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile $(TEST_ARGS)
 
