@@ -195,5 +195,32 @@ def test_buffered_bytes_in_a_task_answers(small_cluster):
     assert future.result(timeout=15) == 0
 
 
+# ------------------------------------------------------------------ a defect of a long-lived client
+
+
+def test_the_live_workers_are_never_an_empty_answer(long_lived):
+    """Found by this soak in CI: a load failed with "every worker is gone" on a healthy cluster. A client refreshes
+    its cached scheduler identity periodically *without* per-worker information, and `client.scheduler_info()`
+    returns that cache after fetching, so a refresh landing in between answers "no workers" (distributed 2026.8).
+    The stages ask `live_workers`, which returns the scheduler's own answer. Here the refresh runs every 5 ms (not
+    every 2 s) on a client of the soak's cluster, so thousands of questions meet it many times."""
+    import dask
+    from distributed import Client
+
+    from pipeline.stages.tasks import live_workers
+
+    with dask.config.set({"distributed.client.scheduler-info-interval": "5ms"}), \
+            Client(long_lived.scheduler.address) as client:
+        deadline = time.monotonic() + 60
+        answers = 0
+        while answers < 3000 and time.monotonic() < deadline:
+            got = live_workers(client)
+            assert len(got) == 2, f"answer {answers}: {sorted(got)}"
+            answers += 1
+        cached = sum(not client.scheduler_info(n_workers=-1)["workers"] for _ in range(answers))
+    print(f"{answers} answers, all with both workers; scheduler_info() answered none {cached} times")
+    assert answers >= 500
+
+
 if __name__ == "__main__":  # pragma: no cover - `python tests/test_soak.py` runs the soak alone
     sys.exit(pytest.main([__file__, "-q", "-s"]))

@@ -24,6 +24,7 @@ from distributed import Client, KilledWorker, wait
 
 from ..errors import LoadError
 from .accumulate import absorb
+from .tasks import live_workers
 
 SHARES_PER_ABSORB = 4
 PRIORITY = 10  # above the reads (0): an owner takes its shares before it reads on
@@ -105,7 +106,7 @@ class Exchange:
 
     def give_up_dead(self) -> None:
         """Cancel the absorbs pinned to owners that died: they would wait forever (their shares are read again)."""
-        alive = set(self.client.scheduler_info(n_workers=-1)["workers"])
+        alive = set(live_workers(self.client))
         for f, (o, _) in list(self.absorbing.items()):
             if self.owners[o] not in alive:
                 f.cancel()
@@ -113,7 +114,7 @@ class Exchange:
 
     def replace_dead(self) -> list[int]:
         """Give the owner indices of dead workers to live ones (the least loaded first)."""
-        alive = list(self.client.scheduler_info(n_workers=-1)["workers"])
+        alive = list(live_workers(self.client))
         if not alive:
             raise LoadError("every worker is gone")
         moved = []

@@ -35,6 +35,7 @@ from ..table.write import WriteTarget
 from .accumulate import drop_load, finish_load, quarantine_table, split_by_owner
 from .exchange import Exchange, wait_any
 from .partition_commit import commit_load
+from .tasks import live_workers
 
 STAGE = "partition"
 HEAD_RANGES = 2  # a streaming head task reads this many range sizes while the index pass runs
@@ -199,7 +200,7 @@ def partition(client: Client, settings: Settings, source_urls: list[str], table_
 
 def _run(client, settings, table, qtable, plan: Plan, load: Load) -> dict:
     sources = plan.todo
-    owners = list(client.scheduler_info(n_workers=-1)["workers"])
+    owners = list(live_workers(client))
     buckets = bucket_count(table)
     ranges, pending = start_sources(client, sources, settings)  # the workers start reading at once
     reads = Reads(client, sources, load.load_id, len(owners), buckets, settings)
@@ -276,7 +277,7 @@ def _run(client, settings, table, qtable, plan: Plan, load: Load) -> dict:
 def _hand_over(client: Client, lid: str) -> list[dict]:
     """Every worker flushes and hands over its files for the load. A worker that dies meanwhile is given up
     on (its ranges are missing and get read again), never waited for: its pinned task could not move."""
-    holders = list(client.scheduler_info(n_workers=-1)["workers"])
+    holders = list(live_workers(client))
     futures = {client.submit(finish_load, lid, workers=[w], allow_other_workers=False, pure=False,
                              key=f"finish-{lid}-{uuid.uuid4().hex[:6]}"): w for w in holders}
     out, pending, deadline = [], set(futures), time.monotonic() + HAND_OVER_TIMEOUT
@@ -289,7 +290,7 @@ def _hand_over(client: Client, lid: str) -> list[dict]:
             elif f.status == "error" and not isinstance(f.exception(), (CancelledError, KilledWorker)):
                 raise f.exception()
             # cancelled or lost with its worker: its shares are missing and get read again
-        alive = set(client.scheduler_info(n_workers=-1)["workers"])
+        alive = set(live_workers(client))
         for f in [f for f in pending if futures[f] not in alive]:
             f.cancel()
             pending.discard(f)
@@ -311,7 +312,7 @@ class Reads:
                  settings: Settings):
         self.client, self.sources, self.load = client, sources, load
         self.owners, self.buckets, self.settings = owners, buckets, settings
-        threads = sum(w["nthreads"] for w in client.scheduler_info(n_workers=-1)["workers"].values())
+        threads = sum(w["nthreads"] for w in live_workers(client).values())
         self.window = READS_AHEAD * max(1, threads)
         self.todo: list[ByteRange] = []
         self.only: dict = {}  # range key -> the owners whose shares to route (a range read again)
@@ -417,7 +418,7 @@ def start_sources(client: Client, sources: list[Source], settings: Settings):
     bytes (up to HEAD_RANGES × range-size) on another worker, so no worker waits idle for the index.
     """
     rs = settings.read
-    workers = max(1, len(client.scheduler_info(n_workers=-1)["workers"]))
+    workers = max(1, len(live_workers(client)))
     with ThreadPoolExecutor(min(8, len(sources))) as pool:  # two bytes each, read here: no round trip
         kinds = list(pool.map(is_gzip, sources))
     now, pending = [], {}

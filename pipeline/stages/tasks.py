@@ -20,12 +20,21 @@ from . import WORKER_MODULES
 ATTEMPTS = 3
 
 
+def live_workers(client: Client) -> dict:
+    """The workers the scheduler has now, by address, asked of the scheduler itself. Not
+    `client.scheduler_info()`: it returns the client's cached copy, which the client's periodic refresh (every 2 s,
+    without per-worker information) can overwrite between the fetch and the return, so it sometimes answers with no
+    workers at all (distributed 2026.8; tests/test_tasks.py shows it) and a healthy load would take every worker
+    for dead."""
+    return client.sync(client.scheduler.identity, n_workers=-1)["workers"]
+
+
 def warm_up(client: Client) -> None:
     """Import the stage modules on every worker now, without waiting for it: a fresh worker would otherwise
     import them (~1 s of pyarrow, pyiceberg, s3fs) inside the first task of the load, on its critical path,
     while the driver is still fingerprinting sources and opening the catalog. Workers forked from the LocalCluster's
     fork server have them already (cluster/forkserver.py); the Batch nodes' and other clusters' workers need this."""
-    for worker in client.scheduler_info(n_workers=-1)["workers"]:
+    for worker in live_workers(client):
         fire_and_forget(client.submit(_import, WORKER_MODULES, workers=[worker], allow_other_workers=False,
                                       pure=False, key=f"warm-up-{worker}"))
     _freeze_modules()
