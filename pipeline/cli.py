@@ -52,6 +52,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-empty", action="store_true",
                    help="load a 0-byte source as a source without rows (default: refused, a failed upload)")
 
+    ix = sub.add_parser("index", parents=[common],
+                        help="build the gzip index of sources now (as they land), so partition reads them warm")
+    ix.add_argument("paths", nargs="+", metavar="SOURCE")
+
     s = sub.add_parser("stats", parents=[common], help="rows, rows per file, viewing_percentage mean/std")
     s.add_argument("table")
     s.add_argument("--json", action="store_true", help="print the result as the last stdout line")
@@ -250,7 +254,8 @@ def _writable(settings) -> None:
 
 
 LOADING = {"partition", "join", "update", "run", "demo", "compact"}  # commands whose loads go to the history
-CLUSTER = {"partition", "join", "update", "run", "demo", "compact"}  # commands that (nearly always) need workers
+# commands that (nearly always) need workers
+CLUSTER = {"partition", "index", "join", "update", "run", "demo", "compact"}
 
 
 def _dispatch(args) -> int:
@@ -309,6 +314,21 @@ def _partition(args, settings, job=None) -> int:
     with _client(settings) as client:
         partition(client, settings, args.paths[:-1], args.paths[-1], replace=args.replace, buckets=args.buckets,
                   append=args.append, allow_empty=args.allow_empty)
+    return 0
+
+
+def _index(args, settings, job=None) -> int:
+    from .read.sources import stat
+    from .stages.index import plan_index, run_index
+
+    for source in args.paths:  # a mistyped path fails at once, before a cluster starts
+        stat(source)
+    plan = plan_index(settings, args.paths)
+    if not plan.todo:  # nothing to index: no cluster
+        run_index(None, settings, plan)
+        return 0
+    with _client(settings) as client:  # no catalog: the index is a cache under the warehouse
+        run_index(client, settings, plan)
     return 0
 
 
@@ -436,7 +456,7 @@ def _demo(args, settings, job=None) -> int:
     return demo(settings, rows=args.rows, data_dir=args.data)
 
 
-COMMANDS = {"partition": _partition, "stats": _stats, "join": _join, "update": _update, "run": _run,
+COMMANDS = {"partition": _partition, "index": _index, "stats": _stats, "join": _join, "update": _update, "run": _run,
             "compact": _maintenance, "expire": _maintenance, "cleanup": _maintenance, "loads": _loads,
             "dashboard": _dashboard, "demo": _demo}
 

@@ -18,6 +18,7 @@ TOP_KEYS = {"warehouse", "catalog", "steps"}
 STEPS = {
     "partition": ({"table"}, {"sources": list, "source": str, "replace": bool, "append": bool, "buckets": int,
                               "allow_empty": bool}),
+    "index": ({"sources"}, {}),
     "join": ({"dimension", "source", "table"}, {"full": bool}),
     "update": ({"dimension", "source", "table"}, {"full_snapshot": bool, "dry_run": bool}),
     "stats": ({"table"}, {"recount": bool}),
@@ -100,6 +101,15 @@ def check_steps(steps: list, settings, base: str) -> list[Step]:
             want = str if key in _STRING_KEYS else optional.get(key)
             if want is not None and not (isinstance(value, want) and not (want is int and isinstance(value, bool))):
                 raise UsageError(f"{step}: {key} must be {want.__name__}, got {value!r}")
+        if name == "index":
+            if not isinstance(options["sources"], list) or not all(isinstance(s, str) for s in options["sources"]):
+                raise UsageError(f"{step}: sources must be a list of paths")
+            options["sources"] = [_resolve(s, base) for s in options["sources"]]
+            for s in options["sources"]:
+                try:
+                    stat(s)
+                except UsageError as e:
+                    raise UsageError(f"{step}: {e}") from None
         if name == "partition":
             sources = options.pop("sources", None) or [options.pop("source")]
             options.pop("source", None)
@@ -131,7 +141,7 @@ def check_steps(steps: list, settings, base: str) -> list[Step]:
                 if catalog is None or not catalog.table_exists(ident):
                     raise UsageError(f"{step}: table {'.'.join(ident)} does not exist and no earlier step makes it "
                                      f"(warehouse {settings.warehouse})")
-        if step.name != "stats":
+        if step.name not in ("stats", "index"):
             made.add(table_name(step.options["table"], settings.namespace))
     return checked
 
@@ -157,6 +167,10 @@ def run_steps(client, settings, steps: list[Step]) -> list[dict]:
             results.append(partition(client, settings, o["sources"], o["table"], replace=o.get("replace", False),
                                      append=o.get("append", False), buckets=o.get("buckets"),
                                      allow_empty=o.get("allow_empty", False)))
+        elif step.name == "index":
+            from .stages.index import index
+
+            results.append({"event": "gzip_indexes", "sources": index(client, settings, o["sources"])})
         elif step.name == "join":
             from .stages.join import join
 

@@ -34,6 +34,14 @@ class ByteRange:
         return f"{self.source_index}:{self.number}"
 
 
+def read_mode(size: int, gzip: bool, small_file: int) -> str:
+    """How a source is read: "plain" (not gzip: ranges at any offset), "stream" (a small gzip file: one ISA-L
+    task from its start) or "indexed" (a big gzip file: ranges at the seek points of its index)."""
+    if not gzip:
+        return "plain"
+    return "stream" if size < small_file else "indexed"
+
+
 def plan_indexed(source_index: int, index: GzipIndex, range_size: int, start: int = 0,
                  first_number: int = 0, tail: int = 0) -> list[ByteRange]:
     """Ranges of about `range_size` uncompressed bytes over [start, end of stream), cut at seek points.

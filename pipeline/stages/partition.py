@@ -21,7 +21,7 @@ from ..config import Settings
 from ..errors import LoadError, UsageError
 from ..read.gzindex import build_index, cache_url
 from ..read.parse import parse_block
-from ..read.ranges import ByteRange, LongLine, open_range, owned_blocks, plan_indexed, plan_plain
+from ..read.ranges import ByteRange, LongLine, open_range, owned_blocks, plan_indexed, plan_plain, read_mode
 from ..read.sources import Source, describe_all, is_gzip, refuse_empty
 from ..report import stats
 from ..report.loads import FAILURES, Load, fail, load_id, report_files, say
@@ -421,20 +421,24 @@ def start_sources(client: Client, sources: list[Source], settings: Settings):
     workers = max(1, len(live_workers(client)))
     with ThreadPoolExecutor(min(8, len(sources))) as pool:  # two bytes each, read here: no round trip
         kinds = list(pool.map(is_gzip, sources))
-    now, pending = [], {}
+    now, pending, cold = [], {}, 0
     for i, (s, gz) in enumerate(zip(sources, kinds)):
-        if not gz:
+        mode = read_mode(s.size, gz, rs.small_file)
+        if mode == "plain":
             now += plan_plain(i, s.size, rs.range_size)
-        elif s.size < rs.small_file:
+        elif mode == "stream":
             now.append(ByteRange(i, 0, 0, None, "stream"))
         else:
             fs, path = filesystem(cache_url(settings.warehouse, s))
             if not fs.exists(path):
                 now.append(ByteRange(i, 0, 0, _head_size(s.size, workers, rs), "stream"))
+                cold += 1
             pending[i] = client.submit(build_index, s, settings.warehouse, rs.index_spacing, rs.index_threads,
                                        key=f"gzindex-{s.fingerprint}", retries=0)
-    if pending:
-        say(f"index pass over {len(pending)} gzip file(s)...")
+    if cold:
+        say(f"index pass over {cold} gzip file(s)...")
+    if len(pending) > cold:  # built by an earlier load or by `impressions index` (stages/index.py)
+        say(f"cached index of {len(pending) - cold} gzip file(s): every range read from its seek point")
     return now, pending
 
 
