@@ -90,6 +90,15 @@ def describe_all(urls: list[str]) -> list[Source]:
         return list(pool.map(describe, urls))
 
 
+def refuse_duplicates(sources: list[Source]) -> None:
+    """The same content under two names in one command is a usage error (it would be read twice)."""
+    seen: dict = {}
+    for s in sources:
+        if s.fingerprint in seen:
+            raise UsageError(f"the same content is given twice: {seen[s.fingerprint]} and {s.url}")
+        seen[s.fingerprint] = s.url
+
+
 def _sha256(path: str) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:

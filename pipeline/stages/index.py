@@ -18,10 +18,10 @@ from dataclasses import dataclass, field
 from distributed import Client, as_completed
 
 from ..config import Settings
-from ..errors import LoadError, UsageError
+from ..errors import LoadError
 from ..read.gzindex import build_index, cache_url
 from ..read.ranges import read_mode
-from ..read.sources import describe_all, is_gzip
+from ..read.sources import describe_all, is_gzip, refuse_duplicates
 from ..report.loads import emit, say
 from ..report.progress import Progress
 from ..storage import filesystem
@@ -39,11 +39,7 @@ class IndexPlan:
 
 def plan_index(settings: Settings, urls: list[str]) -> IndexPlan:
     sources = describe_all(urls)
-    seen: dict = {}
-    for s in sources:
-        if s.fingerprint in seen:
-            raise UsageError(f"the same content is given twice: {seen[s.fingerprint]} and {s.url}")
-        seen[s.fingerprint] = s.url
+    refuse_duplicates(sources)
     rs, plan = settings.read, IndexPlan()
     for s in sources:
         line = {"event": EVENT, "source": s.url, "fingerprint": s.fingerprint, "size": s.size}

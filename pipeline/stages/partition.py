@@ -22,7 +22,7 @@ from ..errors import LoadError, UsageError
 from ..read.gzindex import build_index, cache_url
 from ..read.parse import parse_block
 from ..read.ranges import ByteRange, LongLine, open_range, owned_blocks, plan_indexed, plan_plain, read_mode
-from ..read.sources import Source, describe_all, is_gzip, refuse_empty
+from ..read.sources import Source, describe_all, is_gzip, refuse_duplicates, refuse_empty
 from ..report import stats
 from ..report.loads import FAILURES, Load, fail, load_id, report_files, say
 from ..report.progress import Progress
@@ -159,11 +159,7 @@ def partition(client: Client, settings: Settings, source_urls: list[str], table_
         raise UsageError("--replace and --append exclude each other")
     ident = table_name(table_arg, settings.namespace)
     sources = describe_all(source_urls)
-    seen = {}
-    for s in sources:
-        if s.fingerprint in seen:
-            raise UsageError(f"the same content is given twice: {seen[s.fingerprint]} and {s.url}")
-        seen[s.fingerprint] = s.url
+    refuse_duplicates(sources)
     catalog = open_catalog(settings.warehouse, settings.catalog)
     table = without_auto_retry(create_or_load(catalog, ident, fact_schema(), fact_spec(buckets or settings.buckets),
                                               table_properties(settings)))

@@ -24,7 +24,7 @@ def live_workers(client: Client) -> dict:
     """The workers the scheduler has now, by address, asked of the scheduler itself. Not
     `client.scheduler_info()`: it returns the client's cached copy, which the client's periodic refresh (every 2 s,
     without per-worker information) can overwrite between the fetch and the return, so it sometimes answers with no
-    workers at all (distributed 2026.8; tests/test_tasks.py shows it) and a healthy load would take every worker
+    workers at all (distributed 2026.8; tests/test_soak.py shows it) and a healthy load would take every worker
     for dead."""
     return client.sync(client.scheduler.identity, n_workers=-1)["workers"]
 
