@@ -477,13 +477,16 @@ class Observer:
     def pids(self) -> dict[str, int]:
         return self.run(os.getpid)
 
-    def kill_in_phase(self, phase: str, note: Path, timeout: float, cli: Cli | None = None) -> dict:
+    def arm(self, phase: str, note: Path) -> None:
         """Arm every worker (and every worker started later) to SIGKILL itself the instant one of its threads is
-        in `phase` (see _phase_watcher); wait for the victim's note and return what it saw."""
+        in `phase` (see _phase_watcher); the victim writes `note` first."""
         try:
             self.client.register_plugin(_phase_watcher(phase, str(note)))
         except OSError:  # CommClosedError: a worker killed itself while the plugin was being set up everywhere
             pass  # (the scheduler keeps the plugin for the workers started later)
+
+    def victim(self, phase: str, note: Path, timeout: float, cli: Cli | None = None) -> dict:
+        """Wait for the note of an armed phase's victim and return what it saw."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if note.exists():

@@ -91,18 +91,23 @@ def _rows(wh: str, name: str, final: dict, rows: int = ROWS) -> None:
 
 
 def _drilled(cli: Cli, tmp_path, phases: list[tuple[str, str, str]]) -> list[dict]:
-    """Kill one worker in each (stage, trigger phase, label), in order: each trigger is armed once the stage's
-    RUNNING line is out."""
+    """Kill one worker in each (stage, trigger phase, label): a stage's triggers are all armed at once when its
+    RUNNING line is out (arming them one after the other raced the load: a short read phase could end before
+    the last trigger reached the workers), and each phase's victim is its first worker seen in it."""
     observer = Observer(scheduler_address(cli, BOUND))
     print(f"observer connected at {time.monotonic() - cli.started:.2f} s")
     victims = []
     try:
-        for stage, trigger, label in phases:
+        for stage in dict.fromkeys(stage for stage, _, _ in phases):
+            mine = [(trigger, label) for s, trigger, label in phases if s == stage]
             cli.wait_status(stage, "RUNNING", BOUND)
-            print(f"{label}: armed at {time.monotonic() - cli.started:.2f} s")
-            v = observer.kill_in_phase(trigger, tmp_path / f"victim-{label}.json", BOUND, cli)
-            print(f"{label}: killed at {time.monotonic() - cli.started:.2f} s")
-            victims.append({**v, "label": label})
+            for trigger, label in mine:
+                observer.arm(trigger, tmp_path / f"victim-{label}.json")
+            print(f"{stage}: {', '.join(label for _, label in mine)} armed at {time.monotonic() - cli.started:.2f} s")
+            for trigger, label in mine:
+                v = observer.victim(trigger, tmp_path / f"victim-{label}.json", BOUND, cli)
+                print(f"{label}: killed at {time.monotonic() - cli.started:.2f} s")
+                victims.append({**v, "label": label})
     finally:
         observer.close()
     return victims
