@@ -305,15 +305,16 @@ def _partition(args, settings, job=None) -> int:
         raise UsageError("partition needs at least one SOURCE and a TABLE")
     if args.buckets is not None and args.buckets < 1:
         raise UsageError("--buckets must be at least 1")
-    from .read.sources import stat
+    from .read.sources import describe_in_background, stat
     from .stages.partition import partition
 
     for source in args.paths[:-1]:  # a mistyped path fails at once, before a cluster starts
         stat(source)
     _writable(settings)
+    described = describe_in_background(args.paths[:-1])  # hashed while the cluster starts
     with _client(settings) as client:
-        partition(client, settings, args.paths[:-1], args.paths[-1], replace=args.replace, buckets=args.buckets,
-                  append=args.append, allow_empty=args.allow_empty)
+        partition(client, settings, described.result(), args.paths[-1], replace=args.replace,
+                  buckets=args.buckets, append=args.append, allow_empty=args.allow_empty)
     return 0
 
 

@@ -305,3 +305,19 @@ def test_an_absorb_that_comes_after_its_load_was_dropped_keeps_nothing(tmp_path)
     assert accumulate.drop_load("load-y.a") == 1 and not os.path.exists(spill_dir)
     assert accumulate.absorb("load-y.a", "load-y", [out[0]], WriteTarget.of(t), WriteTarget.of(q), 1) == []
     assert "load-y.a" not in accumulate._registry() and accumulate.buffered_bytes() == 0
+
+
+def test_sources_hashed_while_the_cluster_starts_are_the_same_sources(tmp_path):
+    """The CLI hashes its local sources on a thread while its cluster starts: the result is what describing
+    them in line gives, a source already described is kept, and a file that vanished in between fails the
+    command with the same error, raised where the load waits for it."""
+    from pipeline.read.sources import describe, describe_all, describe_in_background
+
+    a = write_gz(tmp_path / "a.csv.gz", lines(500, 1))
+    b = write_gz(tmp_path / "b.csv.gz", lines(500, 2))
+    assert describe_in_background([a, b]).result(timeout=30) == [describe(a), describe(b)]
+    already = describe(a)
+    assert describe_all([already, b])[0] is already
+    gone = describe_in_background([str(tmp_path / "gone.csv.gz")])
+    with pytest.raises(UsageError, match="input not found"):
+        gone.result(timeout=30)

@@ -151,7 +151,7 @@ def plan_sources(sources: list[Source], committed: dict, replace: bool, append: 
     return plan
 
 
-def partition(client: Client, settings: Settings, source_urls: list[str], table_arg: str,
+def partition(client: Client, settings: Settings, source_urls: list[str | Source], table_arg: str,
               replace: bool = False, buckets: int | None = None, append: bool = False,
               allow_empty: bool = False) -> dict:
     """Run the partition stage; returns the final load record (raises LoadError after a FAILED line)."""
