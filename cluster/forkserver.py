@@ -2,7 +2,8 @@
 
 A spawned worker is a fresh interpreter: it imports distributed, pyarrow, pyiceberg and the stage modules itself
 (~1.5 s of CPU per worker, and its first task waits for them). multiprocessing's *fork server* is one process that
-imports them once and forks every worker from that state. `start` launches it as a command begins, so it imports
+imports them once and forks every worker from that state, its objects frozen out of the garbage collector's
+way (cluster/frozen.py). `start` launches it as a command begins, so it imports
 while the driver checks its sources and opens the catalog; by the time the LocalCluster starts, each worker is a
 fork away from ready.
 
@@ -46,7 +47,9 @@ def start(modules: tuple[str, ...] = ()) -> None:
         return
     os.environ.update(_spawn_environment())
     ctx = multiprocessing.get_context("forkserver")
-    ctx.set_forkserver_preload(["distributed", "distributed.worker", "distributed.nanny", *modules])
+    # cluster.frozen last: the imports' objects are frozen before the first fork (see that module)
+    ctx.set_forkserver_preload(["distributed", "distributed.worker", "distributed.nanny", *modules,
+                                "cluster.frozen"])
     from multiprocessing import forkserver
 
     if threading.current_thread() is not threading.main_thread():  # signal handlers are the main thread's

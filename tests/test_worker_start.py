@@ -12,7 +12,7 @@ import sys
 from drills_cli import ROOT, cli_env, impression_bytes, impressions, one_error_line, run, succeeded
 
 VIEWS = r"""
-import json, os, resource, sys, time
+import gc, json, os, resource, sys, time
 import dask.config
 from distributed import Client
 from cluster import forkserver
@@ -25,7 +25,8 @@ def worker_view():
     while time.process_time() - t < 1.0:  # one CPU second the driver's resource usage must show afterwards
         pass
     return {"ppid": os.getppid(), "preloaded": "pipeline.stages.partition" in sys.modules,
-            "mark": os.environ.get("IMPRESSIONS_TEST_MARK"), "malloc": os.environ.get("MALLOC_MMAP_THRESHOLD_")}
+            "mark": os.environ.get("IMPRESSIONS_TEST_MARK"), "malloc": os.environ.get("MALLOC_MMAP_THRESHOLD_"),
+            "frozen": gc.get_freeze_count()}
 
 def children():
     ru = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -59,8 +60,8 @@ def _views(method: str) -> dict:
 
 
 def test_forked_workers_have_the_stage_modules_and_the_spawn_environment():
-    """Forked from a server (not the driver) with the preloaded module already imported and the shipped pre-spawn
-    malloc setting; each cluster has its own server, started in the environment of its time, and reaped with it
+    """Forked from a server (not the driver) with the preloaded module already imported (its objects frozen out
+    of the collector's way) and the shipped pre-spawn malloc setting; each cluster has its own server, started in the environment of its time, and reaped with it
     (the workers' CPU shows in the driver's resource usage); a server started before the driver's environment
     changed is not used: that cluster's workers are spawned by the driver's nanny."""
     got = _views("forkserver")
@@ -68,9 +69,11 @@ def test_forked_workers_have_the_stage_modules_and_the_spawn_environment():
     for v in (first, second):
         assert v["ppid"] != v["driver"]  # a child of the fork server
         assert v["preloaded"] is True
+        assert v["frozen"] > 10_000  # the imports' objects, frozen by the server before it forked (cluster/frozen.py)
     assert first["ppid"] != second["ppid"]  # a new server for the second cluster
     assert first["mark"] is None and second["mark"] == "changed"
     assert third["ppid"] == third["driver"] and third["preloaded"] is False and third["mark"] == "changed again"
+    assert third["frozen"] == 0
     for v in (first, second, third):
         assert v["malloc"] == got["shipped_malloc"]
         assert v["children_cpu"] >= 0.9, v  # the worker's busy second, reaped through its server
