@@ -61,9 +61,10 @@ def _views(method: str) -> dict:
 
 def test_forked_workers_have_the_stage_modules_and_the_spawn_environment():
     """Forked from a server (not the driver) with the preloaded module already imported (its objects frozen out
-    of the collector's way) and the shipped pre-spawn malloc setting; each cluster has its own server, started in the environment of its time, and reaped with it
-    (the workers' CPU shows in the driver's resource usage); a server started before the driver's environment
-    changed is not used: that cluster's workers are spawned by the driver's nanny."""
+    of the collector's way) and the shipped pre-spawn malloc setting; each cluster has its own server, started
+    in the environment of its time, and reaped with it (the workers' CPU shows in the driver's resource usage);
+    a server started before the driver's environment changed is not used: that cluster's workers are spawned by
+    the driver's nanny."""
     got = _views("forkserver")
     first, second, third = got["first"], got["second"], got["third"]
     for v in (first, second):
