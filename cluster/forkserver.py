@@ -2,10 +2,9 @@
 
 A spawned worker is a fresh interpreter: it imports distributed, pyarrow, pyiceberg and the stage modules itself
 (~1.5 s of CPU per worker, and its first task waits for them). multiprocessing's *fork server* is one process that
-imports them once and forks every worker from that state, its objects frozen out of the garbage collector's
-way (cluster/frozen.py). `start` launches it as a command begins, so it imports
-while the driver checks its sources and opens the catalog; by the time the LocalCluster starts, each worker is a
-fork away from ready.
+imports them once and forks every worker from that state, its objects frozen out of the garbage collector's way
+(cluster/frozen.py). `start` launches it as a command begins, so it imports while the driver checks its sources
+and opens the catalog; by the time the LocalCluster starts, each worker is a fork away from ready.
 
 A forked worker inherits the server's environment, working directory and malloc settings from when the server
 started, not the driver's at the time of the fork. So the server is started with Dask's pre-spawn environment
