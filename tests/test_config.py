@@ -426,3 +426,27 @@ def test_a_users_yaml_overrides_the_shipped_malloc_settings(tmp_path, value):
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
     shipped = yaml.safe_load(YAML_PATH.read_text())["distributed"]["nanny"]["pre-spawn-environ"]
     assert out.split() == [str(value), str(value), str(shipped["MALLOC_MMAP_THRESHOLD_"])]
+
+
+def _arrow_pool() -> str:
+    import pyarrow as pa
+
+    return pa.default_memory_pool().backend_name
+
+
+def test_worker_processes_use_the_shipped_arrow_pool_and_a_config_chooses_another(monkeypatch):
+    """`ARROW_DEFAULT_MEMORY_POOL` in the shipped pre-spawn-environ makes jemalloc the workers' Arrow pool (README,
+    Configuration); the same key in a user's config chooses another."""
+    from distributed import Client
+
+    from cluster.local import local_cluster
+
+    monkeypatch.delenv("ARROW_DEFAULT_MEMORY_POOL", raising=False)  # restored afterwards: a nanny sets it here
+    shipped = yaml.safe_load(YAML_PATH.read_text())["distributed"]["nanny"]["pre-spawn-environ"]
+    assert shipped["ARROW_DEFAULT_MEMORY_POOL"] == "jemalloc"
+    with local_cluster(workers=1, dashboard=False) as cluster, Client(cluster) as client:
+        assert list(client.run(_arrow_pool).values()) == ["jemalloc"]
+    os.environ.pop("ARROW_DEFAULT_MEMORY_POOL", None)
+    with dask.config.set({"distributed.nanny.pre-spawn-environ.ARROW_DEFAULT_MEMORY_POOL": "mimalloc"}), \
+            local_cluster(workers=1, dashboard=False) as cluster, Client(cluster) as client:
+        assert list(client.run(_arrow_pool).values()) == ["mimalloc"]
