@@ -94,7 +94,8 @@ def describe_all(urls: list[str | Source]) -> list[Source]:
 
 def describe_in_background(urls: list[str]) -> Future:
     """describe_all on a thread of its own, so a command hashes its local sources (~0.2 s per 250 MB) while its
-    cluster starts, instead of after; the future raises what describe_all would have."""
+    cluster starts, instead of after; the future raises what describe_all would have. A daemon thread, not an
+    executor's: Python joins executor threads at exit, so a Ctrl-C would wait for a 12 GB file's hash to end."""
     described: Future = Future()
 
     def run() -> None:
