@@ -281,6 +281,40 @@ def test_a_group_larger_than_the_target_file_size_rolls_into_several_files(tmp_p
     assert merged.n == whole.n and merged.mean == pytest.approx(whole.mean, rel=1e-12)
 
 
+def test_data_files_land_where_pyiceberg_puts_them_and_take_each_column_in_the_tables_type(tmp_path):
+    """The writer derives a partition's directory itself (once per write, not once per file) and conforms rows
+    to the table's columns once per input schema: the directory is pyiceberg's `PartitionKey.to_path` for
+    values that need quoting too, and a missing column is null, a narrower int is widened, a dictionary kept."""
+    import pyarrow.parquet as pq
+    from pyiceberg.partitioning import PartitionField, PartitionSpec
+    from pyiceberg.schema import Schema
+    from pyiceberg.transforms import BucketTransform, IdentityTransform
+    from pyiceberg.types import DoubleType, LongType, NestedField, StringType
+
+    from pipeline.table.catalog import create_or_load, table_properties
+    from pipeline.table.write import WriteTarget, partition_key, write_data_files
+
+    settings = load_settings(warehouse=str(tmp_path / "wh"))
+    schema = Schema(NestedField(1, "name", StringType(), required=False), NestedField(2, "n", LongType(), required=False),
+                    NestedField(3, "x", DoubleType(), required=False))
+    spec = PartitionSpec(PartitionField(1, 1000, IdentityTransform(), "name"),
+                         PartitionField(2, 1001, BucketTransform(4), "n_bucket"))
+    t = create_or_load(open_catalog(settings.warehouse, None), ("impressions", "odd"), schema, spec,
+                       table_properties(settings))
+    target = WriteTarget.of(t)
+    rows = pa.table({"n": pa.array([1, 2, 3], pa.int32()), "name": pa.array(["a b/c=d%"] * 3).dictionary_encode()})
+    other = pa.table({"name": pa.array(["é?&"] * 2), "n": pa.array([4, 5], pa.int64()), "x": [0.5, 0.25]})
+    groups = [(("a b/c=d%", 1), "a" * 24, rows), (("é?&", 2), "b" * 24, other), (("a b/c=d%", 3), "c" * 24, rows)]
+    written = write_data_files(target, groups)
+    for (values, _, given), w in zip(groups, written):
+        directory = w.data_file.file_path.rsplit("/", 1)[0]
+        assert directory.endswith("/data/" + partition_key(target, values).to_path()), directory
+        back = pq.read_table(w.data_file.file_path.removeprefix("file://"))
+        assert back.schema.names == ["name", "n", "x"] and back["n"].type == pa.int64()
+        assert back["n"].to_pylist() == given["n"].to_pylist()
+        assert back["x"].to_pylist() == (given["x"].to_pylist() if "x" in given.column_names else [None] * 3)
+
+
 def test_an_absorb_that_comes_after_its_load_was_dropped_keeps_nothing(tmp_path):
     """A failed load is dropped on every worker while some of its absorbs may still be queued: those must not
     start a new accumulator (rows of a failed load held until the worker dies), nor spill to disk."""

@@ -40,9 +40,13 @@ class Moments:
 
 def chunk(values) -> Moments:
     """Summarise one block of values (Arrow array/chunked array or numpy); nulls are ignored."""
-    if isinstance(values, (pa.Array, pa.ChunkedArray)):
-        values = values.drop_null().to_numpy() if isinstance(values, pa.Array) else \
-            np.concatenate([c.drop_null().to_numpy() for c in values.chunks]) if values.num_chunks else np.empty(0)
+    if isinstance(values, pa.ChunkedArray) and values.num_chunks == 1:
+        values = values.chunk(0)
+    if isinstance(values, pa.Array):
+        values = (values.drop_null() if values.null_count else values).to_numpy()
+    elif isinstance(values, pa.ChunkedArray):
+        values = np.concatenate([c.drop_null().to_numpy() for c in values.chunks]) if values.num_chunks else \
+            np.empty(0)
     x = np.asarray(values, dtype=np.float64)
     if x.size == 0:
         return Moments.empty()

@@ -11,6 +11,7 @@ import json
 import uuid
 from dataclasses import dataclass
 from datetime import date
+from urllib.parse import quote_plus
 
 import pyarrow as pa
 from pyiceberg.io import load_file_io
@@ -104,6 +105,8 @@ def write_data_files(target: WriteTarget, groups: list[tuple[tuple, str, pa.Tabl
     target_size = file_size or int(metadata.properties.get("write.target-file-size-bytes", 512 * 1024 * 1024))
     numbers = itertools.count()  # of the files this call writes (threads take them in turn)
     locations = load_location_provider(table_location=metadata.location, table_properties=metadata.properties)
+    conform = _Conform(arrow_schema)
+    paths = _PartitionPaths(metadata)
     plan = compute_statistics_plan(schema, metadata.properties)
     mapping = parquet_path_to_id_mapping(schema)
     write_id = uuid.uuid4().hex[:16]
@@ -114,10 +117,10 @@ def write_data_files(target: WriteTarget, groups: list[tuple[tuple, str, pa.Tabl
         out, file = [], None
         for table in _row_groups(rows, row_group):
             # one chunk per column: the writer encodes a chunked dictionary column chunk by chunk (~1.7x the time)
-            table = _conform(table, arrow_schema).unify_dictionaries().combine_chunks()
+            table = conform(table).unify_dictionaries().combine_chunks()
             if file is None:
                 path = locations.new_data_location(data_file_name=file_name(source, write_id, next(numbers)),
-                                                   partition_key=key)
+                                                   partition_key=paths.of(key))
                 file = _File(path, table.schema, options)
             file.write(table, row_group)
             if file.size() >= target_size:  # the table's write.target-file-size-bytes: the next rows, a new file
@@ -150,6 +153,35 @@ def write_data_files(target: WriteTarget, groups: list[tuple[tuple, str, pa.Tabl
         return [w for item in groups for w in write_one(item)]
     with ThreadPoolExecutor(min(threads, len(groups))) as pool:
         return [w for ws in pool.map(write_one, groups) for w in ws]
+
+
+class _PartitionPaths:
+    """A partition's directory (`ad_date=2019-01-01/campaign_id_bucket=7`) as pyiceberg's `PartitionKey.to_path`
+    gives it, with the partition type derived once per write rather than once per file."""
+
+    def __init__(self, metadata: TableMetadata):
+        spec = metadata.spec()
+        self.fields = spec.fields
+        self.types = [f.field_type for f in spec.partition_type(metadata.schema()).fields]
+
+    def of(self, key: PartitionKey | None) -> "_Path | None":
+        if key is None:
+            return None
+        parts = []
+        for pos, (field, field_type) in enumerate(zip(self.fields, self.types)):
+            value = field.transform.to_human_string(field_type, value=key.partition[pos])
+            parts.append(f"{quote_plus(field.name, safe='')}={quote_plus(value, safe='')}")
+        return _Path("/".join(parts))
+
+
+@dataclass(frozen=True)
+class _Path:
+    """What a location provider asks of a partition key: its path."""
+
+    path: str
+
+    def to_path(self) -> str:
+        return self.path
 
 
 class _File:
@@ -224,22 +256,43 @@ def _plain_types(schema: pa.Schema) -> pa.Schema:
     return pa.schema([f.with_type(swap.get(f.type, f.type)) for f in schema], metadata=schema.metadata)
 
 
-def _conform(rows: pa.Table, schema: pa.Schema) -> pa.Table:
-    """The table's columns in the table's order and types (dictionary-encoded strings stay encoded: Parquet
-    stores them as strings); columns the rows lack are null."""
-    columns, fields = [], []
-    for f in schema:
-        if f.name not in rows.column_names:
-            column = pa.nulls(rows.num_rows, f.type)
-        else:
-            column = rows[f.name]
-            if pa.types.is_dictionary(column.type) and column.type.value_type == f.type:
-                f = f.with_type(column.type)
-            elif column.type != f.type:
-                column = column.cast(f.type)
-        columns.append(column)
-        fields.append(f)
-    return pa.Table.from_arrays(columns, schema=pa.schema(fields, metadata=schema.metadata))
+class _Conform:
+    """Puts rows into the table's column order and types (dictionary-encoded strings stay encoded: Parquet stores
+    them as strings; columns the rows lack are null). How is worked out once per distinct input schema, not once
+    per file: a backfill writes thousands of small files of the same schema."""
+
+    def __init__(self, schema: pa.Schema):
+        self.schema = schema
+        self.plans: dict = {}  # input schema -> (output schema, per column: (name or None, cast type or None))
+
+    def __call__(self, rows: pa.Table) -> pa.Table:
+        plan = self.plans.get(rows.schema)
+        if plan is None:
+            plan = self.plans[rows.schema] = self._plan(rows.schema)
+        out_schema, steps = plan
+        columns = []
+        for f, (name, cast) in zip(self.schema, steps):
+            if name is None:
+                columns.append(pa.nulls(rows.num_rows, f.type))
+            else:
+                columns.append(rows[name] if cast is None else rows[name].cast(cast))
+        return pa.Table.from_arrays(columns, schema=out_schema)
+
+    def _plan(self, have: pa.Schema):
+        fields, steps = [], []
+        for f in self.schema:
+            if f.name not in have.names:
+                fields.append(f)
+                steps.append((None, None))
+                continue
+            t = have.field(f.name).type
+            if pa.types.is_dictionary(t) and t.value_type == f.type:
+                fields.append(f.with_type(t))
+                steps.append((f.name, None))
+            else:
+                fields.append(f)
+                steps.append((f.name, None if t == f.type else f.type))
+        return pa.schema(fields, metadata=self.schema.metadata), steps
 
 
 def to_date(days: int) -> date:
