@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections import Counter
 
+import numpy as np
 import pytest
 from distributed import Client, LocalCluster
 
@@ -12,6 +13,7 @@ from conftest import write_gz
 from outside import duckdb_rows
 from test_integrity import lines, table
 from pipeline.stages.accumulate import split_by_owner
+from pipeline.stages.owners import balanced
 from pipeline.stages.partition import partition
 
 
@@ -47,11 +49,13 @@ def test_a_share_holds_exactly_its_owners_partitions(day_step):
                      "video_id": pa.array(["v"] * 5_000).dictionary_encode(),
                      "viewing_percentage": pa.array([0.5] * 5_000)})
     expected = partition_keys(rows, 16)
-    shares = split_by_owner(rows, 16, 3)
+    owners = balanced([1 + b % 5 for b in range(16)], 3)
+    shares = split_by_owner(rows, 16, owners)
     seen = []
     for owner, share in enumerate(shares):
         part, keys, starts = share
-        assert all(k % 3 == owner for k in keys.tolist()) and list(keys) == sorted(set(keys.tolist()))
+        assert all(owners.of(np.array([k]))[0] == owner for k in keys.tolist())
+        assert list(keys) == sorted(set(keys.tolist()))
         assert starts[0] == 0 and starts[-1] == part.num_rows
         for k, a, b in zip(keys.tolist(), starts[:-1].tolist(), starts[1:].tolist()):
             group = part.slice(a, b - a)

@@ -22,6 +22,7 @@ from outside import delete_unreachable_files, duckdb_rows, duckdb_stats, expire_
 from pipeline.config import load_settings
 from pipeline.errors import UsageError
 from pipeline.stages.join import join
+from pipeline.stages.owners import balanced
 from pipeline.stages.partition import partition
 from pipeline.stages.table_stats import table_stats
 from pipeline.stages.update import update
@@ -221,7 +222,7 @@ def test_the_memory_budget_holds_across_many_sources_on_one_worker(tmp_path):
     peak, written = 0, 0
     for i in range(12):
         s = describe(write_gz(tmp_path / f"s{i}.csv.gz", lines(3_000, 20 + i, first_id=i * 10_000)))
-        out = read_range(s, ByteRange(i, 0, 0, None, "stream"), "load-x", 1, 8, settings)
+        out = read_range(s, ByteRange(i, 0, 0, None, "stream"), "load-x", balanced([0] * 8, 1), 8, settings)
         accumulate.absorb("load-x.run", "load-x", [out[0]], target, qtarget, settings.memory_budget)
         written += out["result"].written
         peak = max(peak, accumulate.buffered_bytes())
@@ -332,7 +333,7 @@ def test_an_absorb_that_comes_after_its_load_was_dropped_keeps_nothing(tmp_path)
     q = create_or_load(cat, ("impressions", "quarantine"), QUARANTINE_ICEBERG, QUARANTINE_SPEC,
                        table_properties(settings))
     s = describe(write_gz(tmp_path / "s.csv.gz", lines(2_000, 3)))
-    out = read_range(s, ByteRange(0, 0, 0, None, "stream"), "load-y", 1, 8, settings)
+    out = read_range(s, ByteRange(0, 0, 0, None, "stream"), "load-y", balanced([0] * 8, 1), 8, settings)
     assert accumulate.absorb("load-y.a", "load-y", [out[0]], WriteTarget.of(t), WriteTarget.of(q), 1) == [out[0][0]]
     spill_dir = accumulate._registry()["load-y.a"].spill_dir  # a 1-byte budget: it spilled at once
     assert spill_dir and os.path.isdir(spill_dir)

@@ -1,6 +1,6 @@
 """Owner-side grouping of parsed rows by (source, date, bucket), so each partition gets few, large files.
 
-Every (date, bucket) partition has one *owner* among the workers (key % owners). A read task parses its range and
+Every (date, bucket) partition has one *owner* among the workers (owners.py). A read task parses its range and
 splits the rows into one sorted share per owner (`split_by_owner`); the exchange (exchange.py) brings each share to
 its owner, whose `absorb` task adds it to the worker's accumulator for the load. So a partition's rows meet on one
 worker, and a partition gets about one file per load — not one per worker — whatever the worker count.
@@ -30,6 +30,7 @@ from ..schema import QUARANTINE_SCHEMA
 from ..table.bucket import bucket_array
 from ..table.schema import bucket_count
 from ..table.write import WriteTarget, to_date, write_data_files
+from .owners import Owners
 
 
 def partition_keys(rows: pa.Table, buckets: int) -> np.ndarray:
@@ -40,36 +41,37 @@ def partition_keys(rows: pa.Table, buckets: int) -> np.ndarray:
     return key
 
 
-def split_by_owner(rows: pa.Table, buckets: int, owners: int) -> list:
-    """The rows of one range as one part per owner: partition key k belongs to owner k % owners. Each part is
-    (rows sorted by key, the key of each group, the start of each group plus the end), or None when empty.
+def split_by_owner(rows: pa.Table, buckets: int, owners: Owners) -> list:
+    """The rows of one range as one part per owner (owners.py says which partition key each owner takes). Each
+    part is (rows sorted by key, the key of each group, the start of each group plus the end), or None when empty.
 
     One sort does it: the rows are ordered by (owner, key), so each owner's share is one run of that order. With
     few distinct keys (a few dates × buckets) each row gets the 16-bit rank of its key in that order, which numpy
     sorts with a stable radix sort in O(n); owners and groups are then found on the sorted ranks, never on 64-bit
     keys.
     """
+    n = owners.count
     if rows.num_rows == 0:
-        return [None] * owners
+        return [None] * n
     key = partition_keys(rows, buckets)
     low, high = int(key.min()), int(key.max())
     if high - low < 1 << 16:
         span = np.arange(low, high + 1)
-        by_rank = span[np.lexsort((span, span % owners))]  # every possible key, in (owner, key) order
+        by_rank = span[np.lexsort((span, owners.of(span)))]  # every possible key, in (owner, key) order
         rank = np.empty(len(span), dtype=np.uint16)
         rank[by_rank - low] = np.arange(len(span), dtype=np.uint16)
         ranks = rank[key - low]
         order = np.argsort(ranks, kind="stable")
         group = ranks[order]  # per sorted row: its key's rank
-        bounds = np.searchsorted(group, np.searchsorted(by_rank % owners, np.arange(owners + 1)))
+        bounds = np.searchsorted(group, np.searchsorted(owners.of(by_rank), np.arange(n + 1)))
     else:
-        order = np.lexsort((key, key % owners))
+        order = np.lexsort((key, owners.of(key)))
         group = key[order]  # per sorted row: its key
-        bounds = np.searchsorted(group % owners, np.arange(owners + 1))
+        bounds = np.searchsorted(owners.of(group), np.arange(n + 1))
         by_rank = None
     order = order.astype(np.uint32) if len(order) < 1 << 32 else order  # Arrow's take is ~2x faster with these
     parts = []
-    for o in range(owners):
+    for o in range(n):
         a, b = int(bounds[o]), int(bounds[o + 1])
         if a == b:
             parts.append(None)

@@ -13,6 +13,7 @@ import uuid
 from concurrent.futures import CancelledError, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+import numpy as np
 import pyarrow as pa
 from distributed import Client, KilledWorker
 from isal.isal_zlib import error as IsalError
@@ -27,6 +28,7 @@ from ..report import stats
 from ..report.loads import FAILURES, Load, fail, load_id, report_files, say
 from ..report.progress import Progress
 from ..storage import filesystem
+from ..table.bucket import bucket_array
 from ..table.catalog import create_or_load, open_catalog, qualified, table_name, table_properties
 from ..table.commit import without_auto_retry
 from ..table.lineage import lineage
@@ -34,6 +36,7 @@ from ..table.schema import QUARANTINE_ICEBERG, QUARANTINE_SPEC, bucket_count, fa
 from ..table.write import WriteTarget
 from .accumulate import drop_load, finish_load, quarantine_table, split_by_owner
 from .exchange import Exchange, wait_any
+from .owners import Owners, balanced
 from .partition_commit import commit_load
 from .tasks import live_workers
 
@@ -55,7 +58,7 @@ class RangeResult:
     uncompressed: int = 0
 
 
-def read_range(source: Source, r: ByteRange, load: str, owners: int, buckets: int, settings: Settings) -> dict:
+def read_range(source: Source, r: ByteRange, load: str, owners: Owners, buckets: int, settings: Settings) -> dict:
     """Read and parse exactly the lines one range owns; returns its counts and one share per owner:
     `{"result": RangeResult, o: (share key, source fingerprint, rows of owner o or None, quarantine or None)}`.
 
@@ -88,11 +91,11 @@ def read_range(source: Source, r: ByteRange, load: str, owners: int, buckets: in
     rows = pa.concat_tables(parts).unify_dictionaries().combine_chunks() if len(parts) > 1 else \
         parts[0] if parts else None
     parts.clear()  # the blocks' tables are copied into `rows`: not three copies at once while splitting
-    shares = split_by_owner(rows, buckets, owners) if rows is not None else [None] * owners
+    shares = split_by_owner(rows, buckets, owners) if rows is not None else [None] * owners.count
     rows = None
-    keeper = r.number % owners  # the owner whose share carries the quarantined lines
+    keeper = r.number % owners.count  # the owner whose share carries the quarantined lines
     out = {"result": result}
-    for o in range(owners):
+    for o in range(owners.count):
         out[o] = (f"{r.key}@{o}", source.fingerprint, shares[o], quarantine if o == keeper else None)
     return out
 
@@ -198,8 +201,9 @@ def _run(client, settings, table, qtable, plan: Plan, load: Load) -> dict:
     sources = plan.todo
     owners = list(live_workers(client))
     buckets = bucket_count(table)
+    owner_map = balanced(sample_weights(sources, buckets, settings), len(owners))  # who owns which partition
     ranges, pending = start_sources(client, sources, settings)  # the workers start reading at once
-    reads = Reads(client, sources, load.load_id, len(owners), buckets, settings)
+    reads = Reads(client, sources, load.load_id, owner_map, buckets, settings)
     reads.add(ranges)
     reads.submit(0)
     # meanwhile: table metadata grows with the table's history: send it to each worker once, not with every task
@@ -237,7 +241,7 @@ def _run(client, settings, table, qtable, plan: Plan, load: Load) -> dict:
         exchange.replace_dead()
         target, qtarget = client.scatter([WriteTarget.of(table), WriteTarget.of(qtable)], broadcast=True, hash=False)
         exchange.target, exchange.qtarget = target, qtarget
-        again = Reads(client, sources, load.load_id, len(exchange), buckets, settings)
+        again = Reads(client, sources, load.load_id, owner_map, buckets, settings)
         again.add(list(lost), lost)
         _collect(again, exchange, results, "read again")
     else:
@@ -304,7 +308,7 @@ class Reads:
     running, queued, or not yet absorbed by their owners; the next range is submitted as those drain.
     """
 
-    def __init__(self, client: Client, sources: list[Source], load: str, owners: int, buckets: int,
+    def __init__(self, client: Client, sources: list[Source], load: str, owners: Owners, buckets: int,
                  settings: Settings):
         self.client, self.sources, self.load = client, sources, load
         self.owners, self.buckets, self.settings = owners, buckets, settings
@@ -442,3 +446,36 @@ def _head_size(compressed: int, workers: int, rs) -> int:
     """What the head task reads: at most HEAD_RANGES ranges, and at most about half of one worker's share
     of the file (CSV inflates ~4x), so a mid-sized file is still read by several tasks."""
     return max(rs.block_size, min(HEAD_RANGES * rs.range_size, compressed * 4 // (2 * workers)))
+
+
+SAMPLE_BYTES = 4 << 20  # of the first source's head, parsed on the driver to balance the owners (owners.py)
+
+
+def sample_weights(sources: list[Source], buckets: int, settings: Settings) -> np.ndarray:
+    """Rows per bucket in the first few MiB of the first source (~90,000 rows: about 2 % error per campaign
+    of 34), for `owners.balanced`. A head that cannot be read or parsed gives no weights (the owners are then
+    spread by bucket count), and the load itself reports what is wrong with the file."""
+    weights = np.zeros(buckets)
+    if not sources or not sources[0].size:
+        return weights
+    source = sources[0]
+    try:
+        stream = open_range(source, ByteRange(0, 0, 0, None, "stream" if is_gzip(source) else "plain"))
+        try:
+            head, got = bytearray(SAMPLE_BYTES), 0
+            with memoryview(head) as view:
+                while got < SAMPLE_BYTES:
+                    n = stream.readinto(view[got:]) or 0
+                    if not n:
+                        break
+                    got += n
+        finally:
+            stream.close()
+    except (OSError, EOFError, ValueError, RuntimeError, IsalError):
+        return weights
+    end = head.rfind(b"\n", 0, got) + 1 if got == SAMPLE_BYTES else got  # whole lines only
+    rows = parse_block(bytes(head[:end]), 0, settings.read.quarantine_line_bytes).rows if end else None
+    if rows is None or not rows.num_rows:
+        return weights
+    return np.bincount(bucket_array(rows["campaign_id"], buckets).to_numpy(), minlength=buckets).astype(float)
+
