@@ -131,12 +131,15 @@ def _parse_typed(block: bytes | bytearray, offset: int, keep_bytes: int) -> Pars
         return None
     days, date_ok = _dates(dates)
     vp = t["viewing_percentage"]
-    vp_ok = pc.fill_null(pc.and_(pc.greater_equal(vp, 0.0), pc.less_equal(vp, 1.0)), False)
-    camp_ok = _by_dictionary(campaigns, [s != "" for s in campaigns.dictionary.to_pylist()])
-    ok = date_ok & camp_ok & vp_ok.to_numpy(zero_copy_only=False)
+    camp_names = campaigns.dictionary.to_pylist()
+    # per-row masks only for checks that can fail here (a clean block has none): None = every row passes
+    masks = [date_ok, _in_unit_interval(vp), None if all(camp_names) else
+             _by_dictionary(campaigns, [name != "" for name in camp_names])]
+    masks = [m for m in masks if m is not None]
     rows = pa.table([days, t["impression_id"], campaigns, videos, vp], schema=PARSED_SCHEMA)
     result = Parsed(rows, lines)
-    if not ok.all():
+    ok = np.logical_and.reduce(masks) if masks else None
+    if ok is not None and not ok.all():
         # the rows Arrow's values reject (a bad date, nan, 1e400, ...) are decided by the rules, line by line
         starts, ends, cends = _line_spans(np.frombuffer(block, dtype=np.uint8))
         for i in np.flatnonzero(~ok):
@@ -169,6 +172,15 @@ def _has_line_break(values: pa.Array) -> bool:
     return bool(pc.any(pc.match_substring_regex(values, "[\r\n]")).as_py())
 
 
+def _in_unit_interval(values: pa.ChunkedArray) -> np.ndarray | None:
+    """Per row: 0 <= value <= 1 (NaN is not); None when every row is (two reductions, NaN making them fail).
+    The typed path parses without nulls, so there are none."""
+    v = values.to_numpy()
+    if not len(v) or (v.min() >= 0.0 and v.max() <= 1.0):
+        return None
+    return (v >= 0.0) & (v <= 1.0)
+
+
 def _by_dictionary(col: pa.DictionaryArray, per_value: list) -> np.ndarray:
     """A per-row mask from one boolean per distinct value."""
     if not len(col):
@@ -176,12 +188,14 @@ def _by_dictionary(col: pa.DictionaryArray, per_value: list) -> np.ndarray:
     return np.array(per_value, dtype=bool)[col.indices.to_numpy(zero_copy_only=False)]
 
 
-def _dates(col: pa.DictionaryArray) -> tuple[pa.Array, np.ndarray]:
-    """date32 values and a validity mask, each distinct date string parsed once by the rules."""
+def _dates(col: pa.DictionaryArray) -> tuple[pa.Array, np.ndarray | None]:
+    """date32 values and a validity mask (None: every date is valid), each distinct date string parsed once by
+    the rules."""
     parsed = [rules.parse_date(s) for s in col.dictionary.to_pylist()]
     days = np.array([d.toordinal() - _EPOCH_ORDINAL if d else 0 for d in parsed], dtype=np.int32)
     codes = col.indices.to_numpy(zero_copy_only=False)
-    ok = np.array([d is not None for d in parsed], dtype=bool)[codes] if len(codes) else np.ones(0, bool)
+    ok = None if all(d is not None for d in parsed) else \
+        np.array([d is not None for d in parsed], dtype=bool)[codes]
     return pa.array(days[codes] if len(codes) else days[:0], type=pa.int32()).cast(pa.date32()), ok
 
 
@@ -286,6 +300,7 @@ def _check_columns(t: pa.Table, block: bytes | bytearray, line_starts, line_ends
         strs[c], ok = _utf8(t[c].combine_chunks())
         enc_ok &= ok
     dates, date_ok = _dates(pc.dictionary_encode(strs["ad_date"]))
+    date_ok = np.ones(t.num_rows, dtype=bool) if date_ok is None else date_ok
     ids, id_ok = _ids(strs["impression_id"])
     camp_ok = pc.greater(pc.binary_length(strs["campaign_id"]), 0).to_numpy(zero_copy_only=False)
     vp, vp_num, vp_range = _numbers(strs["viewing_percentage"])
