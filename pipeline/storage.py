@@ -601,8 +601,9 @@ def upload(url: str, data: bytes, metadata: dict[str, str], content_type: str | 
 
 
 def write_local(url: str, data) -> None:
-    """Write a local file (a path or file:// URL) in one call, creating its directory."""
-    path = filesystem(url)[1]
+    """Write a local file (a path or file:// URL) in one call, creating its directory (the path as `filesystem`
+    gives it, without making a filesystem object per file)."""
+    path = os.path.abspath(url.split("://", 1)[1] if url.startswith("file://") else url)
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path, "wb") as f:
         f.write(data)
