@@ -61,17 +61,17 @@ def test_the_sample_counts_rows_per_bucket_of_the_first_source(tmp_path):
     body = b"".join(b"01/01/2019,%d,campaign_%02d,video_0,0.5\n" % (i, i % 3) for i in range(3_000))
     src = write_gz(tmp_path / "a.csv.gz", body + b"01/01/2019,x,campaign_00,video_0,0.5\n")
     settings = load_settings(warehouse=str(tmp_path / "wh"))
-    weights = sample_weights(describe_all([src]), 16, settings)
+    weights = sample_weights(describe_all([src])[0], True, 16, settings)
     expected = np.zeros(16)
     for c in range(3):
         expected[bucket_of(f"campaign_{c:02d}", 16)] += 1_000
     assert weights.tolist() == expected.tolist()
     plain = tmp_path / "b.csv"
     plain.write_bytes(body)
-    assert sample_weights(describe_all([str(plain)]), 16, settings).sum() == 3_000
+    assert sample_weights(describe_all([str(plain)])[0], False, 16, settings).sum() == 3_000
     broken = tmp_path / "c.csv.gz"
     broken.write_bytes(gzip.compress(body)[:40])
-    assert sample_weights(describe_all([str(broken)]), 16, settings).sum() == 0
+    assert sample_weights(describe_all([str(broken)])[0], True, 16, settings).sum() == 0
 
 
 def test_a_key_of_any_date_and_bucket_has_one_owner_in_range():

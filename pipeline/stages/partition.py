@@ -201,8 +201,10 @@ def _run(client, settings, table, qtable, plan: Plan, load: Load) -> dict:
     sources = plan.todo
     owners = list(live_workers(client))
     buckets = bucket_count(table)
-    owner_map = balanced(sample_weights(sources, buckets, settings), len(owners))  # who owns which partition
-    ranges, pending = start_sources(client, sources, settings)  # the workers start reading at once
+    with ThreadPoolExecutor(min(8, len(sources))) as pool:  # two bytes each, read here: no round trip
+        kinds = list(pool.map(is_gzip, sources))
+    owner_map = balanced(sample_weights(sources[0], kinds[0], buckets, settings), len(owners))  # who owns what
+    ranges, pending = start_sources(client, sources, kinds, settings)  # the workers start reading at once
     reads = Reads(client, sources, load.load_id, owner_map, buckets, settings)
     reads.add(ranges)
     reads.submit(0)
@@ -410,8 +412,9 @@ def _collect(reads: Reads, exchange: Exchange, results: dict, label: str) -> Non
         progress.close()
 
 
-def start_sources(client: Client, sources: list[Source], settings: Settings):
-    """Plan what can be read at once, and start the index passes that the rest waits for.
+def start_sources(client: Client, sources: list[Source], kinds: list[bool], settings: Settings):
+    """Plan what can be read at once (`kinds`: which sources are gzip), and start the index passes that the rest
+    waits for.
 
     Returns (ranges to read now, {source index: future of its GzipIndex}). A big gzip file without a cached
     index gets its index pass (a task) and, meanwhile, a streaming *head* task that reads the file's first
@@ -419,8 +422,6 @@ def start_sources(client: Client, sources: list[Source], settings: Settings):
     """
     rs = settings.read
     workers = max(1, len(live_workers(client)))
-    with ThreadPoolExecutor(min(8, len(sources))) as pool:  # two bytes each, read here: no round trip
-        kinds = list(pool.map(is_gzip, sources))
     now, pending, cold = [], {}, 0
     for i, (s, gz) in enumerate(zip(sources, kinds)):
         mode = read_mode(s.size, gz, rs.small_file)
@@ -451,31 +452,24 @@ def _head_size(compressed: int, workers: int, rs) -> int:
 SAMPLE_BYTES = 4 << 20  # of the first source's head, parsed on the driver to balance the owners (owners.py)
 
 
-def sample_weights(sources: list[Source], buckets: int, settings: Settings) -> np.ndarray:
-    """Rows per bucket in the first few MiB of the first source (~90,000 rows: about 2 % error per campaign
-    of 34), for `owners.balanced`. A head that cannot be read or parsed gives no weights (the owners are then
-    spread by bucket count), and the load itself reports what is wrong with the file."""
-    weights = np.zeros(buckets)
-    if not sources or not sources[0].size:
+def sample_weights(source: Source, gzip: bool, buckets: int, settings: Settings) -> np.ndarray:
+    """Rows per bucket in the lines of the first few MiB of a source (~90,000 rows: about 2 % error per
+    campaign of 34), read and parsed as a load reads them, for `owners.balanced`. A head that cannot be read
+    gives no weights (the owners are then spread by bucket count), and the load itself reports the fault."""
+    rs, weights = settings.read, np.zeros(buckets)
+    if not source.size:
         return weights
-    source = sources[0]
     try:
-        stream = open_range(source, ByteRange(0, 0, 0, None, "stream" if is_gzip(source) else "plain"))
+        stream = open_range(source, ByteRange(0, 0, 0, None, "stream" if gzip else "plain"))
         try:
-            head, got = bytearray(SAMPLE_BYTES), 0
-            with memoryview(head) as view:
-                while got < SAMPLE_BYTES:
-                    n = stream.readinto(view[got:]) or 0
-                    if not n:
-                        break
-                    got += n
+            blocks = [b for b in owned_blocks(stream, 0, SAMPLE_BYTES, SAMPLE_BYTES, rs.max_line,
+                                              rs.quarantine_line_bytes) if not isinstance(b, LongLine)]
         finally:
             stream.close()
     except (OSError, EOFError, ValueError, RuntimeError, IsalError):
         return weights
-    end = head.rfind(b"\n", 0, got) + 1 if got == SAMPLE_BYTES else got  # whole lines only
-    rows = parse_block(bytes(head[:end]), 0, settings.read.quarantine_line_bytes).rows if end else None
-    if rows is None or not rows.num_rows:
-        return weights
-    return np.bincount(bucket_array(rows["campaign_id"], buckets).to_numpy(), minlength=buckets).astype(float)
-
+    for offset, block in blocks:
+        rows = parse_block(block, offset, rs.quarantine_line_bytes).rows
+        if rows.num_rows:
+            weights += np.bincount(bucket_array(rows["campaign_id"], buckets).to_numpy(), minlength=buckets)
+    return weights
