@@ -7,6 +7,7 @@ import os
 import signal
 import sys
 
+from . import interrupts
 from .errors import Interrupted, LoadError, UsageError
 from .report.loads import emit, say
 
@@ -123,9 +124,9 @@ def main(argv=None) -> int:
     if not args.command:
         parser.print_help(sys.stderr)
         return 2
-    previous = {s: signal.signal(s, _interrupt) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
-        return _dispatch(args) or 0
+        with interrupts.handled():
+            return _dispatch(args) or 0
     except UsageError as e:
         say(f"impressions: error: {e}")
         return 2
@@ -145,16 +146,6 @@ def main(argv=None) -> int:
         hint = "" if getattr(e, "s3_translated", False) else " (set IMPRESSIONS_DEBUG=1 for a traceback)"
         say(f"impressions: failed: {type(e).__name__}: {e}{hint}")
         return 1
-    finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
-
-
-def _interrupt(signum, frame):
-    # the handlers go back to the defaults at once: a second Ctrl-C while shutting down is not caught again
-    for s in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(s, signal.SIG_DFL if s == signal.SIGTERM else signal.default_int_handler)
-    raise Interrupted(signum)
 
 
 def _settings(args):

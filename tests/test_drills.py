@@ -324,6 +324,56 @@ def test_an_interrupted_partition_says_so_once_shuts_down_and_commits_nothing(si
     exact(table(wh, "fact"), 1, 5_000)
 
 
+# The CLI under a gc callback that, once the drill creates the trigger file, sends SIGTERM to its own process
+# and runs on: Python runs the signal handler inside the callback, where its exception is printed as
+# "Exception ignored in" and lost (distributed's GC diagnostics register such a callback on every driver).
+SIGTERM_INSIDE_GC = """
+import gc, os, signal, sys, threading
+from pipeline.cli import main
+def fire(phase, info):
+    if phase != "start" or not os.path.exists(os.environ["TRIGGER"]):
+        return
+    if threading.current_thread() is not threading.main_thread():  # Python runs signal handlers on the main one
+        gc.set_threshold(5)  # the driver's main thread allocates little: collect often, so that it collects soon
+        return
+    os.remove(os.environ["TRIGGER"])
+    gc.set_threshold(*THRESHOLD)
+    os.kill(os.getpid(), signal.SIGTERM)
+    for _ in range(1000):  # the handler runs here, inside the callback
+        pass
+THRESHOLD = gc.get_threshold()
+gc.callbacks.append(fire)
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_a_sigterm_swallowed_inside_a_gc_callback_still_stops_the_load_and_commits_nothing(tmp_path, client,
+                                                                                          settings):
+    wh = settings.warehouse
+    partition, _ = in_process()
+    partition(client, settings, [write_gz(tmp_path / "a.csv.gz", impression_bytes(5_000, seed=4))], "FACT")
+    before = state(wh)
+    b = write_gz(tmp_path / "b.csv.gz", impression_bytes(ROWS, seed=5, first_id=5_001))
+    trigger = tmp_path / "trigger"
+    argv = impressions(wh, "partition", b, "FACT", workers=2)
+    argv[1:3] = ["-c", SIGTERM_INSIDE_GC]
+    with Cli(argv, env=cli_env({"TRIGGER": str(trigger)})) as cli:
+        cli.wait_stderr(r"^read: ", BOUND)
+        trigger.touch()
+        got = cli.wait(120)
+        left = cli.left_over()
+    assert not trigger.exists(), "no garbage collection ran in the driver: the drill did not fire"
+    assert any("Exception ignored" in line for line in cli.err), cli.tail()  # the drill fired as meant
+    assert got == 143, cli.tail()
+    assert [line for line in cli.err if "impressions: interrupted (SIGTERM)" in line], cli.tail()
+    out = cli.json()
+    assert out[-2]["event"] == "load_status" and out[-2]["status"] == "FAILED", out[-2:]
+    assert out[-2]["error"] == "interrupted", out[-2]
+    assert not left, f"worker processes left behind: {left}"
+    assert state(wh) == before
+    exact(table(wh, "fact"), 1, 5_000)
+
+
 # ------------------------------------------------------------------ 4. concurrency between processes
 
 

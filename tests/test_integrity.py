@@ -356,3 +356,42 @@ def test_sources_hashed_while_the_cluster_starts_are_the_same_sources(tmp_path):
     gone = describe_in_background([str(tmp_path / "gone.csv.gz")])
     with pytest.raises(UsageError, match="input not found"):
         gone.result(timeout=30)
+
+
+def _swallowed_sigterm() -> None:
+    """A real SIGTERM whose `Interrupted` is raised inside a gc callback, where Python prints and drops it."""
+    import gc
+    import signal
+
+    def fire(phase, info):
+        if phase == "start":
+            gc.callbacks.remove(fire)
+            os.kill(os.getpid(), signal.SIGTERM)
+            for _ in range(1000):  # the handler runs here, inside the callback
+                pass
+
+    gc.callbacks.append(fire)
+    gc.collect()
+
+
+def test_an_update_after_a_swallowed_interrupt_commits_nothing_but_its_history_is_kept(client, settings,
+                                                                                        tmp_path):
+    from pipeline import interrupts
+    from pipeline.errors import Interrupted
+    from pipeline.table.events import ARROW, append, open_events
+
+    partition(client, settings, [write_gz(tmp_path / "f.csv.gz", lines(3_000, 9))], "FACT", buckets=16)
+    join(client, settings, _dimension(tmp_path), "FACT", "JOINED")
+    before = table(settings, "JOINED").metadata.snapshots
+    renamed = tmp_path / "renamed.csv"
+    renamed.write_text("campaign_id,campaign_name\ncampaign_01,Renamed\n")
+    with interrupts.handled():
+        _swallowed_sigterm()  # the load would run on without interrupts.check
+        with pytest.raises(Interrupted, match="SIGTERM"):
+            update(client, settings, str(renamed), "JOINED", "JOINED")
+        assert table(settings, "JOINED").metadata.snapshots == before
+        # the record of an interrupted load still commits (interruptible=False)
+        events = open_events(open_catalog(settings.warehouse, settings.catalog), ("impressions", "drill_events"), {})
+        append(events, [dict.fromkeys(ARROW.names) | {"status": "FAILED", "stage": "update"}])
+        assert events.refresh().scan().to_arrow().column("status").to_pylist() == ["FAILED"]
+    assert not interrupts._received  # cleared when the command ends

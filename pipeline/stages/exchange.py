@@ -22,6 +22,7 @@ from concurrent.futures import CancelledError
 
 from distributed import Client, KilledWorker, wait
 
+from .. import interrupts
 from ..errors import LoadError
 from .accumulate import absorb
 from .tasks import live_workers

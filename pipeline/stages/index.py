@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 from distributed import Client, as_completed
 
+from .. import interrupts
 from ..config import Settings
 from ..errors import LoadError
 from ..read.gzindex import build_index, cache_url
@@ -68,6 +69,7 @@ def run_index(client: Client | None, settings: Settings, plan: IndexPlan) -> lis
         started = time.monotonic()
         with Progress(len(futures), "index") as progress:
             for future in as_completed(futures):
+                interrupts.check()
                 s = futures[future]
                 try:
                     built = future.result()

@@ -12,6 +12,7 @@ from concurrent.futures import CancelledError
 
 from distributed import Client, KilledWorker, as_completed, fire_and_forget
 
+from .. import interrupts
 from ..errors import LoadError
 from ..report.loads import say
 from ..report.progress import Progress
@@ -91,6 +92,7 @@ def _run(client, fn, shared, calls, todo, results, progress) -> list[int]:
     lost = []
     try:
         for fut in as_completed(futures):
+            interrupts.check()
             i = futures[fut]
             if fut.status == "finished":
                 results[i] = fut.result()

@@ -37,7 +37,8 @@ def append(table, rows: list[dict]) -> None:
     """Append rows (dicts of the ARROW schema's fields) in one snapshot."""
     data = pa.Table.from_pylist(rows, schema=ARROW)
     files = write_unpartitioned(table, data)
-    commit(table, lambda t: Change(adds=files, snapshot_properties={"impressions.stage": "load-history"}))
+    commit(table, lambda t: Change(adds=files, snapshot_properties={"impressions.stage": "load-history"}),
+           interruptible=False)  # the history records interrupted loads too
 
 
 def read(table) -> pa.Table:
