@@ -34,7 +34,9 @@ PRIORITY = 10  # above the reads (0): an owner takes its shares before it reads 
 def wait_any(futures, timeout: float = 1.0) -> set:
     """The futures that are done after waiting at most `timeout` s for one of them. distributed's `wait` raises
     where concurrent.futures' returns — TimeoutError when none finished, CancelledError when one was cancelled
-    (its dependencies were lost with a worker) — so both are answers here, not errors."""
+    (its dependencies were lost with a worker) — so both are answers here, not errors. The driver waits here all
+    through a load, so here a signal whose first raise Python dropped is raised again (interrupts.py)."""
+    interrupts.check()
     try:
         wait(list(futures), timeout=timeout, return_when="FIRST_COMPLETED")
     except (TimeoutError, CancelledError):
