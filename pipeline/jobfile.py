@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import yaml
 
+from . import interrupts
 from .errors import LoadError, UsageError
 
 TOP_KEYS = {"warehouse", "catalog", "steps"}
@@ -160,6 +161,7 @@ def run_steps(client, settings, steps: list[Step]) -> list[dict]:
     """Run checked steps in order; the first failure stops the job."""
     results = []
     for step in steps:
+        interrupts.check()  # a signal Python dropped during the last step (interrupts.py) stops the job here
         o = step.options
         if step.name == "partition":
             from .stages.partition import partition

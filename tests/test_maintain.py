@@ -16,7 +16,7 @@ import pytest
 
 from conftest import write_gz
 from outside import duckdb_rows, duckdb_stats
-from test_integrity import lines, rows_of, table
+from test_integrity import _swallowed_sigterm, lines, rows_of, table
 from pipeline.stages import maintain
 from pipeline.stages.partition import partition
 from pipeline.stages.table_stats import table_stats
@@ -41,6 +41,25 @@ def load_many(client, settings, tmp_path, n=6, rows=4_000):
     for i in range(n):
         partition(client, small, [write_gz(tmp_path / f"day{i}.csv.gz", lines(rows, 100 + i, first_id=i * 10**6))],
                   "FACT")
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # the dropped raise, on purpose
+def test_an_interrupted_compact_says_failed_and_commits_nothing(client, settings, tmp_path, capsys):
+    from pipeline import interrupts
+    from pipeline.errors import Interrupted
+
+    load_many(client, settings, tmp_path)
+    before = table(settings, "FACT").metadata_location
+    capsys.readouterr()
+    with interrupts.handled():
+        _swallowed_sigterm()  # a real SIGTERM, its first raise dropped inside a gc callback
+        with pytest.raises(Interrupted):
+            maintain.compact(client, settings, "FACT", 16 * MiB)
+    assert table(settings, "FACT").metadata_location == before
+    statuses = [json.loads(line) for line in capsys.readouterr().out.splitlines()
+                if line.startswith("{") and '"load_status"' in line]
+    assert statuses[-1]["stage"] == "compact" and statuses[-1]["status"] == "FAILED", statuses
+    assert statuses[-1]["error"] == "interrupted", statuses[-1]
 
 
 def test_compact_then_cleanup_fewer_files_same_rows_and_statistics(client, settings, tmp_path):

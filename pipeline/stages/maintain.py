@@ -16,6 +16,7 @@ from datetime import datetime, timezone
 import pyarrow as pa
 from distributed import Client
 
+from .. import interrupts
 from ..errors import LoadError
 from ..report.loads import FAILURES, Load, emit, fail, load_id, say
 from ..table import maintenance
@@ -123,7 +124,12 @@ def _compact_once(client, table, ident, target_size) -> dict:
         return Change(adds=[w.data_file for w in written], deletes=[f for f in present if f.file_path in gone],
                       snapshot_properties={PROP_LOAD: lid, PROP_STAGE: "compact"})
 
-    commit(table, plan)
+    try:
+        commit(table, plan)
+    except _Changed:
+        raise  # compact plans again
+    except FAILURES as e:  # an interrupt or a failed commit is reported FAILED, as in the other stages
+        fail(load, e)
     return load.finish("SUCCEEDED", rows_read=rows_in, rows_written=rows_out, rows_quarantined=0, quarantine={},
                        files_written=len(written), bytes_written=sum(w.data_file.file_size_in_bytes for w in written),
                        files_rewritten=len(inputs), bytes_rewritten=sum(f.file_size_in_bytes for f in inputs))
@@ -146,6 +152,7 @@ def cleanup(settings, table_arg: str, older_than, delete: bool) -> dict:
     table = load_table(open_catalog(settings.warehouse, settings.catalog, create=False), ident)
     files = maintenance.unreachable(table, datetime.now(timezone.utc) - older_than)
     if delete:
+        interrupts.check()  # an interrupted command deletes nothing (interrupts.py)
         maintenance.delete([f["path"] for f in files])
     size = sum(f["bytes"] for f in files)
     verb = "deleted" if delete else "found (use --delete to remove them)"
