@@ -301,8 +301,12 @@ def filesystem(url: str) -> tuple[fsspec.AbstractFileSystem, str]:
         return _s3_filesystem_class()(**s3fs_options()), url.split("://", 1)[1]
     if protocol != "file":
         raise UsageError(f"unsupported URL scheme {protocol!r} in {url} (use a local path or s3://)")
-    path = url.split("://", 1)[1] if url.startswith("file://") else url
-    return fsspec.filesystem("file"), os.path.abspath(path)
+    return fsspec.filesystem("file"), local_path(url)
+
+
+def local_path(url: str) -> str:
+    """The absolute path of a local path or file:// URL."""
+    return os.path.abspath(url.split("://", 1)[1] if url.startswith("file://") else url)
 
 
 def is_remote(url: str) -> bool:
@@ -601,9 +605,9 @@ def upload(url: str, data: bytes, metadata: dict[str, str], content_type: str | 
 
 
 def write_local(url: str, data) -> None:
-    """Write a local file (a path or file:// URL) in one call, creating its directory (the path as `filesystem`
-    gives it, without making a filesystem object per file)."""
-    path = os.path.abspath(url.split("://", 1)[1] if url.startswith("file://") else url)
+    """Write a local file (a path or file:// URL) in one call, creating its directory (no filesystem object per
+    file: this runs for every data file a worker writes)."""
+    path = local_path(url)
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path, "wb") as f:
         f.write(data)

@@ -4,8 +4,10 @@ AWS calls go through boto3/s3fs exactly as in production, pointed at 127.0.0.1 b
 """
 from __future__ import annotations
 
+import gc
 import gzip
 import os
+import signal
 import uuid
 
 import pytest
@@ -80,4 +82,19 @@ def write_gz(path, text: bytes | str, members: int = 1) -> str:
         for i in range(members):
             f.write(gzip.compress(data[i * step:(i + 1) * step]))
     return str(path)
+
+
+def swallowed_sigterm() -> None:
+    """A real SIGTERM whose `Interrupted` is raised inside a gc callback, where Python prints and drops it."""
+    def fire(phase, info):
+        if phase == "start":
+            gc.callbacks.remove(fire)
+            os.kill(os.getpid(), signal.SIGTERM)
+            for _ in range(1000):  # the handler runs here, inside the callback
+                pass
+
+    gc.callbacks.append(fire)
+    gc.collect()
+
+
 from faultproxy import fault_proxy, fault_proxy_server  # noqa: F401,E402  (the fault-injecting S3 proxy)

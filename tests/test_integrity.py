@@ -18,7 +18,7 @@ import dask.config
 import pyarrow as pa
 import pytest
 
-from conftest import write_gz
+from conftest import swallowed_sigterm, write_gz
 from outside import delete_unreachable_files, duckdb_rows, duckdb_stats, expire_all_but_current
 from pipeline.config import load_settings
 from pipeline.errors import UsageError
@@ -359,22 +359,6 @@ def test_sources_hashed_while_the_cluster_starts_are_the_same_sources(tmp_path):
         gone.result(timeout=30)
 
 
-def _swallowed_sigterm() -> None:
-    """A real SIGTERM whose `Interrupted` is raised inside a gc callback, where Python prints and drops it."""
-    import gc
-    import signal
-
-    def fire(phase, info):
-        if phase == "start":
-            gc.callbacks.remove(fire)
-            os.kill(os.getpid(), signal.SIGTERM)
-            for _ in range(1000):  # the handler runs here, inside the callback
-                pass
-
-    gc.callbacks.append(fire)
-    gc.collect()
-
-
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # the dropped raise, on purpose
 def test_an_update_after_a_swallowed_interrupt_commits_nothing_but_its_history_is_kept(client, settings,
                                                                                         tmp_path):
@@ -388,7 +372,7 @@ def test_an_update_after_a_swallowed_interrupt_commits_nothing_but_its_history_i
     renamed = tmp_path / "renamed.csv"
     renamed.write_text("campaign_id,campaign_name\ncampaign_01,Renamed\n")
     with interrupts.handled():
-        _swallowed_sigterm()  # the load would run on without interrupts.check
+        swallowed_sigterm()  # the load would run on without interrupts.check
         assert interrupts._received == [signal.SIGTERM]
         with pytest.raises(Interrupted, match="SIGTERM"):
             update(client, settings, str(renamed), "JOINED", "JOINED")

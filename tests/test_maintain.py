@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import write_gz
+from conftest import swallowed_sigterm, write_gz
 from outside import duckdb_rows, duckdb_stats
-from test_integrity import _swallowed_sigterm, lines, rows_of, table
+from test_integrity import lines, rows_of, table
 from pipeline.stages import maintain
 from pipeline.stages.partition import partition
 from pipeline.stages.table_stats import table_stats
@@ -52,7 +52,7 @@ def test_an_interrupted_compact_says_failed_and_commits_nothing(client, settings
     before = table(settings, "FACT").metadata_location
     capsys.readouterr()
     with interrupts.handled():
-        _swallowed_sigterm()  # a real SIGTERM, its first raise dropped inside a gc callback
+        swallowed_sigterm()  # a real SIGTERM, its first raise dropped inside a gc callback
         with pytest.raises(Interrupted):
             maintain.compact(client, settings, "FACT", 16 * MiB)
     assert table(settings, "FACT").metadata_location == before
