@@ -3,18 +3,21 @@
 Python runs a signal handler on the main thread between two bytecodes, wherever the thread is. When that is
 inside a gc callback or a `__del__` (distributed registers a gc callback for its diagnostics), the exception the
 handler raises is printed as "Exception ignored in ..." and lost, and the command would run on. So the signal is
-also remembered: `check()` raises it again, and the driver calls it while it waits for tasks and before every
-commit. An interrupted command therefore never commits, even when the first raise was swallowed.
+also remembered: `check()` raises it again, and the driver calls it while it waits for tasks, and the catalog
+before every commit (table/catalog.py). An interrupted command therefore never commits, even when the first raise
+was swallowed; only what runs `recording()` still does: the load history, which says the load was interrupted.
 """
 from __future__ import annotations
 
 import contextlib
 import signal
+from contextvars import ContextVar
 
 from .errors import Interrupted
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 _received: list[int] = []  # the signals this process got while `handled` was active (signal state is per process)
+_recording: ContextVar[bool] = ContextVar("recording", default=False)
 
 
 @contextlib.contextmanager
@@ -34,6 +37,22 @@ def check() -> None:
     """Raise `Interrupted` if a signal came, even one whose first raise was swallowed."""
     if _received:
         raise Interrupted(_received[0])
+
+
+def check_commit() -> None:
+    """`check()`, unless inside `recording()`: what the catalog runs before it commits."""
+    if not _recording.get():
+        check()
+
+
+@contextlib.contextmanager
+def recording():
+    """Commits that record what happened (the load history) go through even after a signal."""
+    token = _recording.set(True)
+    try:
+        yield
+    finally:
+        _recording.reset(token)
 
 
 def _handler(signum, frame):

@@ -360,6 +360,43 @@ def test_sources_hashed_while_the_cluster_starts_are_the_same_sources(tmp_path):
 
 
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # the dropped raise, on purpose
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # the dropped raise, on purpose
+@pytest.mark.parametrize("catalog_kind", ["sql", "glue"])
+def test_after_a_swallowed_interrupt_no_commit_of_any_kind_reaches_the_catalog(catalog_kind, tmp_path, request):
+    """Every pyiceberg commit ends in its catalog's commit_table, which the catalogs we open check: pyiceberg's own
+    append, a property change and a schema change commit nothing; a commit inside interrupts.recording does."""
+    from pipeline import interrupts
+    from pipeline.errors import Interrupted
+    from pipeline.table.catalog import ensure_namespace
+    from pyiceberg.types import StringType
+
+    if catalog_kind == "glue":  # AWS Glue and S3 on moto's server (loopback), as in production
+        warehouse, uri = f"s3://{request.getfixturevalue('s3_bucket')}/wh", "glue"
+    else:
+        warehouse, uri = str(tmp_path / "wh"), None
+    catalog = open_catalog(warehouse, uri)
+    ensure_namespace(catalog, "impressions")
+    t = catalog.create_table(("impressions", "t"), schema=pa.schema([pa.field("x", pa.int64(), nullable=False)]))
+    t.append(pa.table({"x": pa.array([1], pa.int64())}, schema=t.schema().as_arrow()))
+    before = catalog.load_table(("impressions", "t")).metadata_location
+
+    def add_column():
+        with t.update_schema() as u:
+            u.add_column("y", StringType())
+
+    with interrupts.handled():
+        swallowed_sigterm()
+        for change in (lambda: t.append(pa.table({"x": pa.array([2], pa.int64())}, schema=t.schema().as_arrow())),
+                       lambda: t.transaction().set_properties(owner="drill").commit_transaction(),
+                       add_column):
+            with pytest.raises(Interrupted, match="SIGTERM"):
+                change()
+        assert catalog.load_table(("impressions", "t")).metadata_location == before
+        with interrupts.recording():
+            t.append(pa.table({"x": pa.array([3], pa.int64())}, schema=t.schema().as_arrow()))
+    assert sorted(catalog.load_table(("impressions", "t")).scan().to_arrow()["x"].to_pylist()) == [1, 3]
+
+
 def test_an_update_after_a_swallowed_interrupt_commits_nothing_but_its_history_is_kept(client, settings,
                                                                                         tmp_path):
     from pipeline import interrupts
@@ -378,7 +415,7 @@ def test_an_update_after_a_swallowed_interrupt_commits_nothing_but_its_history_i
             update(client, settings, str(renamed), "JOINED", "JOINED")
         # no commit of any kind: data, schema, properties, the dimension's new version
         assert {name: table(settings, name).metadata_location for name in before} == before
-        # the record of an interrupted load still commits (interruptible=False)
+        # the record of an interrupted load still commits (interrupts.recording)
         events = open_events(open_catalog(settings.warehouse, settings.catalog), ("impressions", "drill_events"), {})
         append(events, [dict.fromkeys(ARROW.names) | {"status": "FAILED", "stage": "update"}])
         assert events.refresh().scan().to_arrow().column("status").to_pylist() == ["FAILED"]

@@ -1,4 +1,10 @@
-"""The catalog: table names, opening the SQL or Glue catalog, loading and creating tables."""
+"""The catalog: table names, opening the SQL or Glue catalog, loading and creating tables.
+
+Every pyiceberg commit of a table, whoever starts it (our commits, schema changes, snapshot expiry, property
+changes), ends in its catalog's `commit_table`. The catalogs opened here check there for a signal whose first
+raise Python dropped (pipeline/interrupts.py), so an interrupted command commits nothing, wherever the commit
+comes from; the load history alone is exempt (`interrupts.recording`).
+"""
 from __future__ import annotations
 
 import os
@@ -10,6 +16,7 @@ from pyiceberg.partitioning import PartitionSpec
 from pyiceberg.schema import Schema
 from pyiceberg.table import Table
 
+from .. import interrupts
 from ..errors import UsageError
 from ..storage import glue_properties, iceberg_io_properties, is_remote
 
@@ -69,7 +76,7 @@ def open_catalog(warehouse: str, catalog: str | None, create: bool = True) -> Ca
         endpoint = os.environ.get("AWS_ENDPOINT_URL_GLUE") or os.environ.get("AWS_ENDPOINT_URL")
         if endpoint:
             props["glue.endpoint"] = endpoint
-        return GlueCatalog(CATALOG_NAME, **props, **glue_properties())
+        return _checked(GlueCatalog)(CATALOG_NAME, **props, **glue_properties())
     if "://" not in catalog:
         raise UsageError(f"--catalog must be a SQLAlchemy URI (sqlite:///..., postgresql://...) or 'glue', got {catalog!r}")
     if catalog.startswith("sqlite:///") and not create and not os.path.exists(catalog[len("sqlite:///"):]):
@@ -78,11 +85,30 @@ def open_catalog(warehouse: str, catalog: str | None, create: bool = True) -> Ca
 
     for attempt in range(5):
         try:
-            return SqlCatalog(CATALOG_NAME, uri=catalog, **props)
+            return _checked(SqlCatalog)(CATALOG_NAME, uri=catalog, **props)
         except Exception as e:  # noqa: BLE001 - SQLAlchemy's errors vary by driver; each is a bad --catalog
             error = e  # a concurrent first use may lock sqlite or race its CREATE TABLE: try again briefly
             time.sleep(0.2 * (attempt + 1))
     raise UsageError(f"cannot open the catalog {catalog}: {type(error).__name__}: {str(error).splitlines()[0]}")
+
+
+class _Interruptible:
+    """Mixed into a pyiceberg catalog: `commit_table` commits nothing once the command was interrupted."""
+
+    def commit_table(self, table, requirements, updates):
+        interrupts.check_commit()
+        return super().commit_table(table, requirements, updates)
+
+
+def _checked(catalog_class: type) -> type:
+    """`catalog_class` with `_Interruptible` first (made when first needed: the Glue and SQL modules import boto3
+    and SQLAlchemy, which a command that uses neither should not pay for)."""
+    if catalog_class not in _CLASSES:
+        _CLASSES[catalog_class] = type(catalog_class.__name__, (_Interruptible, catalog_class), {})
+    return _CLASSES[catalog_class]
+
+
+_CLASSES: dict[type, type] = {}
 
 
 def _local_warehouse(warehouse: str, create: bool) -> None:

@@ -21,7 +21,6 @@ from pyiceberg.exceptions import CommitFailedException, ValidationException
 from pyiceberg.table import Table
 from pyiceberg.table.update.snapshot import ManageSnapshots
 
-from .. import interrupts
 
 ATTEMPTS = 8
 NO_AUTO_RETRY = {"commit.retry.num-retries": "0"}
@@ -67,19 +66,17 @@ def apply(table: Table, change: Change) -> Table:
 
 
 def commit(table: Table, plan: Callable[[Table], Change | None], attempts: int = ATTEMPTS,
-           on_conflict: Callable[[Exception, int], None] | None = None, interruptible: bool = True) -> Table | None:
+           on_conflict: Callable[[Exception, int], None] | None = None) -> Table | None:
     """Plan against the current table and commit; on a conflict reload and plan again.
 
     `plan` returns the Change, None when there is nothing left to do (then nothing is committed), or raises to
     give up (for example when a concurrent writer already did the same work). An interrupted command commits
-    nothing (`interrupts.check`), except where `interruptible` is False: the record that says it was interrupted.
+    nothing: the catalog checks before every commit (catalog.py).
     """
     for attempt in range(attempts):
         change = plan(table)
         if change is None:
             return None
-        if interruptible:
-            interrupts.check()
         try:
             committed = apply(table, change)
         except CONFLICTS as e:

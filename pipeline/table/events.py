@@ -9,6 +9,7 @@ from pyiceberg.partitioning import UNPARTITIONED_PARTITION_SPEC
 from pyiceberg.schema import Schema
 from pyiceberg.types import LongType, NestedField, StringType, TimestamptzType
 
+from .. import interrupts
 from .catalog import create_or_load
 from .commit import Change, commit, without_auto_retry
 from .write import write_unpartitioned
@@ -30,15 +31,16 @@ ARROW = pa.schema([("run_id", pa.string()), ("load_id", pa.string()), ("stage", 
 
 
 def open_events(catalog, ident: tuple[str, str], properties: dict):
-    return without_auto_retry(create_or_load(catalog, ident, SCHEMA, UNPARTITIONED_PARTITION_SPEC, properties))
+    with interrupts.recording():  # the history of an interrupted load is written too
+        return without_auto_retry(create_or_load(catalog, ident, SCHEMA, UNPARTITIONED_PARTITION_SPEC, properties))
 
 
 def append(table, rows: list[dict]) -> None:
     """Append rows (dicts of the ARROW schema's fields) in one snapshot."""
     data = pa.Table.from_pylist(rows, schema=ARROW)
     files = write_unpartitioned(table, data)
-    commit(table, lambda t: Change(adds=files, snapshot_properties={"impressions.stage": "load-history"}),
-           interruptible=False)  # the history records interrupted loads too
+    with interrupts.recording():  # the history records interrupted loads too
+        commit(table, lambda t: Change(adds=files, snapshot_properties={"impressions.stage": "load-history"}))
 
 
 def read(table) -> pa.Table:

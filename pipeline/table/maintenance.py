@@ -9,7 +9,6 @@ from datetime import datetime, timezone
 
 from pyiceberg.table import Table
 
-from .. import interrupts
 from ..storage import filesystem
 
 
@@ -25,7 +24,6 @@ def expire(table: Table, older_than: datetime, retain_last: int) -> list[int]:
     ids = [s.snapshot_id for s in table.metadata.snapshots
            if s.timestamp_ms < cutoff and s.snapshot_id not in keep | protected]
     if ids:
-        interrupts.check()  # an interrupted command commits nothing (interrupts.py)
         table.maintenance.expire_snapshots().by_ids(ids).commit()
     return ids
 

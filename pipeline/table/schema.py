@@ -11,7 +11,6 @@ from pyiceberg.table.name_mapping import MappedField, NameMapping
 from pyiceberg.transforms import BucketTransform, IdentityTransform
 from pyiceberg.types import BinaryType, DateType, DoubleType, LongType, NestedField, StringType
 
-from .. import interrupts
 from ..errors import UsageError
 
 
@@ -66,7 +65,6 @@ def add_columns(table: Table, rows: pa.Table) -> Table:
     missing = [c for c in rows.column_names if c not in have]
     if not missing:
         return table
-    interrupts.check()  # a schema change is a commit too
     with table.update_schema() as u:
         u.union_by_name(iceberg_schema(rows.select(missing)))
     return table.refresh()
@@ -78,7 +76,6 @@ def add_fields(table: Table, like: Table) -> Table:
     missing = [f for f in like.schema().fields if f.name not in have]
     if not missing:
         return table
-    interrupts.check()  # a schema change is a commit too
     with table.update_schema() as u:
         for f in missing:
             u.add_column(f.name, f.field_type)
