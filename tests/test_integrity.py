@@ -361,6 +361,24 @@ def test_sources_hashed_while_the_cluster_starts_are_the_same_sources(tmp_path):
 
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # the dropped raise, on purpose
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # the dropped raise, on purpose
+def test_a_swallowed_interrupt_stops_the_wait_for_tasks_that_still_run(client):
+    """The driver waits at most a second at a time for its tasks, so a dropped signal stops the command while a
+    task still runs, not when it ends (as_completed would have waited the task's 5 s)."""
+    import time
+
+    from pipeline import interrupts
+    from pipeline.errors import Interrupted
+    from pipeline.stages.tasks import map_shared
+
+    with interrupts.handled():
+        swallowed_sigterm()
+        started = time.monotonic()
+        with pytest.raises(Interrupted, match="SIGTERM"):
+            map_shared(client, time.sleep, [], [(5,)], "drill")
+        assert time.monotonic() - started < 3
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # the dropped raise, on purpose
 @pytest.mark.parametrize("catalog_kind", ["sql", "glue"])
 def test_after_a_swallowed_interrupt_no_commit_of_any_kind_reaches_the_catalog(catalog_kind, tmp_path, request):
     """Every pyiceberg commit ends in its catalog's commit_table, which the catalogs we open check: pyiceberg's own

@@ -20,28 +20,14 @@ import uuid
 
 from concurrent.futures import CancelledError
 
-from distributed import Client, KilledWorker, wait
+from distributed import Client, KilledWorker
 
-from .. import interrupts
 from ..errors import LoadError
 from .accumulate import absorb
-from .tasks import live_workers
+from .tasks import live_workers, wait_any
 
 SHARES_PER_ABSORB = 4
 PRIORITY = 10  # above the reads (0): an owner takes its shares before it reads on
-
-
-def wait_any(futures, timeout: float = 1.0) -> set:
-    """The futures that are done after waiting at most `timeout` s for one of them. distributed's `wait` raises
-    where concurrent.futures' returns — TimeoutError when none finished, CancelledError when one was cancelled
-    (its dependencies were lost with a worker) — so both are answers here, not errors. The driver waits here all
-    through a load, so here a signal whose first raise Python dropped is raised again (interrupts.py)."""
-    interrupts.check()
-    try:
-        wait(list(futures), timeout=timeout, return_when="FIRST_COMPLETED")
-    except (TimeoutError, CancelledError):
-        pass
-    return {f for f in futures if f.done()}
 
 
 class Exchange:

@@ -15,9 +15,8 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-from distributed import Client, as_completed
+from distributed import Client
 
-from .. import interrupts
 from ..config import Settings
 from ..errors import LoadError
 from ..read.gzindex import build_index, cache_url
@@ -26,6 +25,7 @@ from ..read.sources import describe_all, is_gzip, refuse_duplicates
 from ..report.loads import emit, say
 from ..report.progress import Progress
 from ..storage import filesystem
+from .tasks import as_finished
 
 EVENT = "gzip_index"
 
@@ -68,8 +68,7 @@ def run_index(client: Client | None, settings: Settings, plan: IndexPlan) -> lis
         say(f"index pass over {len(futures)} gzip file(s)...")
         started = time.monotonic()
         with Progress(len(futures), "index") as progress:
-            for future in as_completed(futures):
-                interrupts.check()
+            for future in as_finished(futures):
                 s = futures[future]
                 try:
                     built = future.result()

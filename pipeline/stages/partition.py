@@ -35,10 +35,10 @@ from ..table.lineage import lineage
 from ..table.schema import QUARANTINE_ICEBERG, QUARANTINE_SPEC, bucket_count, fact_schema, fact_spec
 from ..table.write import WriteTarget
 from .accumulate import drop_load, finish_load, quarantine_table, split_by_owner
-from .exchange import Exchange, wait_any
+from .exchange import Exchange
 from .owners import Owners, balanced
 from .partition_commit import commit_load
-from .tasks import live_workers
+from .tasks import live_workers, result_of, wait_any
 
 STAGE = "partition"
 HEAD_RANGES = 2  # a streaming head task reads this many range sizes while the index pass runs
@@ -360,7 +360,7 @@ class Reads:
 def _result(future, others: list):
     """A future's result; on failure (other than a lost worker) the other tasks of the load are cancelled."""
     try:
-        return future.result()
+        return result_of(future)
     except (CancelledError, KilledWorker):
         raise
     except Exception:

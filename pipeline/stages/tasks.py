@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from concurrent.futures import CancelledError
 
-from distributed import Client, KilledWorker, as_completed, fire_and_forget
+from distributed import Client, KilledWorker, fire_and_forget, wait
 
 from .. import interrupts
 from ..errors import LoadError
@@ -68,6 +68,36 @@ def _freeze_modules(collect: bool = True) -> None:
         gc.freeze()
 
 
+def wait_any(futures, timeout: float = 1.0) -> set:
+    """The futures that are done after waiting at most `timeout` s for one of them. distributed's `wait` raises
+    where concurrent.futures' returns — TimeoutError when none finished, CancelledError when one was cancelled
+    (its dependencies were lost with a worker) — so both are answers here, not errors. The driver waits here all
+    through a command, so here a signal whose first raise Python dropped is raised again (interrupts.py)."""
+    interrupts.check()
+    try:
+        wait(list(futures), timeout=timeout, return_when="FIRST_COMPLETED")
+    except (TimeoutError, CancelledError):
+        pass
+    return {f for f in futures if f.done()}
+
+
+def as_finished(futures):
+    """The futures as they finish, like distributed's `as_completed`, but waiting at most a second at a time
+    (`wait_any`), so that a dropped signal stops the command while its tasks still run."""
+    pending = set(futures)
+    while pending:
+        for future in wait_any(pending):
+            pending.discard(future)
+            yield future
+
+
+def result_of(future):
+    """`future.result()`, waiting as `as_finished` does."""
+    for _ in as_finished([future]):
+        pass
+    return future.result()
+
+
 def map_shared(client: Client, fn, shared: list, calls: list[tuple], label: str) -> list:
     """`fn(*shared, *call)` for every call, on the cluster; results in the order of `calls`."""
     results: list = [None] * len(calls)
@@ -91,8 +121,7 @@ def _run(client, fn, shared, calls, todo, results, progress) -> list[int]:
     futures = {client.submit(fn, *held, *calls[i], pure=False): i for i in todo}
     lost = []
     try:
-        for fut in as_completed(futures):
-            interrupts.check()
+        for fut in as_finished(futures):
             i = futures[fut]
             if fut.status == "finished":
                 results[i] = fut.result()
