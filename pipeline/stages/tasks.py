@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from concurrent.futures import CancelledError
 
-from distributed import Client, KilledWorker, fire_and_forget, wait
+from distributed import Client, KilledWorker, as_completed, fire_and_forget, wait
 
 from .. import interrupts
 from ..errors import LoadError
@@ -81,14 +81,18 @@ def wait_any(futures, timeout: float = 1.0) -> set:
     return {f for f in futures if f.done()}
 
 
-def as_finished(futures):
-    """The futures as they finish, like distributed's `as_completed`, but waiting at most a second at a time
-    (`wait_any`), so that a dropped signal stops the command while its tasks still run."""
-    pending = set(futures)
-    while pending:
-        for future in wait_any(pending):
-            pending.discard(future)
-            yield future
+def as_finished(futures, poll: float = 1.0):
+    """The futures as they finish, as distributed's `as_completed` gives them, but waking at least every `poll` s
+    so that a dropped signal stops the command while its tasks still run (`as_completed` alone would not return
+    before the next task ends). Readiness is checked under the condition `as_completed` notifies, so no wake-up
+    is lost."""
+    finished = as_completed(futures)
+    while not finished.is_empty():
+        interrupts.check()
+        with finished.thread_condition:
+            if not finished.has_ready():
+                finished.thread_condition.wait(timeout=poll)
+        yield from finished.next_batch(block=False)
 
 
 def result_of(future):
