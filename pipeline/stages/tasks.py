@@ -86,7 +86,10 @@ def as_finished(futures, poll: float = 1.0):
     so that a dropped signal stops the command while its tasks still run (`as_completed` alone would not return
     before the next task ends). Readiness is checked under the condition `as_completed` notifies, so no wake-up
     is lost."""
-    finished = as_completed(futures)
+    futures = list(futures)
+    if not futures:
+        return
+    finished = as_completed(futures, loop=futures[0].client.loop)  # this client's loop, not the default client's
     while not finished.is_empty():
         interrupts.check()
         with finished.thread_condition:

@@ -1,9 +1,10 @@
 """The catalog: table names, opening the SQL or Glue catalog, loading and creating tables.
 
 Every pyiceberg commit of a table, whoever starts it (our commits, schema changes, snapshot expiry, property
-changes), ends in its catalog's `commit_table`. The catalogs opened here check there for a signal whose first
-raise Python dropped (pipeline/interrupts.py), so an interrupted command commits nothing, wherever the commit
-comes from; the load history alone is exempt (`interrupts.recording`).
+changes), ends in its catalog's `commit_table`. The catalogs opened here check there, and before a table or
+namespace is made, for a signal whose first raise Python dropped (pipeline/interrupts.py), so an interrupted
+command changes no catalog, wherever the change comes from; the load history alone is exempt
+(`interrupts.recording`).
 """
 from __future__ import annotations
 
@@ -93,11 +94,32 @@ def open_catalog(warehouse: str, catalog: str | None, create: bool = True) -> Ca
 
 
 class _Interruptible:
-    """Mixed into a pyiceberg catalog: `commit_table` commits nothing once the command was interrupted."""
+    """Mixed into a pyiceberg catalog: nothing reaches the catalog once the command was interrupted — no commit,
+    and no table or namespace made, dropped or renamed (pyiceberg creates a table without `commit_table`)."""
 
     def commit_table(self, table, requirements, updates):
         interrupts.check_commit()
         return super().commit_table(table, requirements, updates)
+
+    def create_table(self, *args, **kwargs):
+        interrupts.check_commit()
+        return super().create_table(*args, **kwargs)
+
+    def create_namespace(self, *args, **kwargs):
+        interrupts.check_commit()
+        return super().create_namespace(*args, **kwargs)
+
+    def register_table(self, *args, **kwargs):
+        interrupts.check_commit()
+        return super().register_table(*args, **kwargs)
+
+    def drop_table(self, *args, **kwargs):
+        interrupts.check_commit()
+        return super().drop_table(*args, **kwargs)
+
+    def rename_table(self, *args, **kwargs):
+        interrupts.check_commit()
+        return super().rename_table(*args, **kwargs)
 
 
 def _checked(catalog_class: type) -> type:
