@@ -4,8 +4,9 @@ Python runs a signal handler on the main thread between two bytecodes, wherever 
 inside a gc callback or a `__del__` (distributed registers a gc callback for its diagnostics), the exception the
 handler raises is printed as "Exception ignored in ..." and lost, and the command would run on. So the signal is
 also remembered: `check()` raises it again, and the driver calls it while it waits for tasks, and the catalog
-before every commit and before it makes a table (table/catalog.py). An interrupted command therefore never commits, even when the first raise
-was swallowed; only what runs `recording()` still does: the load history, which says the load was interrupted.
+before every commit and before it makes a table (table/catalog.py). An interrupted command therefore never
+commits, even when the first raise was swallowed; only what runs `recording()` still does: the load history,
+which says the load was interrupted.
 """
 from __future__ import annotations
 
