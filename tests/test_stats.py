@@ -14,7 +14,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from pipeline.report.stats import Moments, chunk, combine, reduce_on_cluster, summary, tree_reduce
+from pipeline.report.stats import Moments, chunk, combine, summary, tree_reduce
 
 USERS_SAMPLE = [1 / k for k in range(2, 18)]  # 1/2, 1/3, ..., 1/17: the users' check
 
@@ -238,24 +238,3 @@ def test_from_dict_accepts_strings_as_stored_in_properties():
     m = chunk(USERS_SAMPLE)
     as_strings = {k: repr(v) for k, v in m.to_dict().items()}
     assert Moments.from_dict(as_strings) == m
-
-
-# ------------------------------------------------------------------------------------- on a cluster
-def test_reduce_on_cluster_matches_local_tree(client):
-    rng = random.Random(7)
-    values = [rng.randint(0, 10000) / 10000 for _ in range(3000)]
-    pieces = random_chunking(values, rng, max_pieces=60)
-    # chunks computed on the workers: a list of futures, as the pipeline passes them
-    futures = [client.submit(chunk, p, pure=False) for p in pieces]
-    local_parts = [chunk(p) for p in pieces]
-    want = exact(values)
-    for split_every in (2, 5, 8):
-        got = reduce_on_cluster(client, futures, split_every)
-        assert isinstance(got, Moments)
-        assert got == tree_reduce(local_parts, split_every)  # same tree, same rounding
-        assert_close(summary(got), want)
-    # plain Moments (not futures) are accepted too, and the degenerate cases
-    assert_close(summary(reduce_on_cluster(client, local_parts, 3)), want)
-    assert reduce_on_cluster(client, [], 8).n == 0
-    assert reduce_on_cluster(client, [local_parts[0]], 8) == local_parts[0]
-    assert reduce_on_cluster(client, [futures[0]], 8) == local_parts[0]

@@ -2,7 +2,8 @@
 
 A chunk is summarised as (n, mean, M2, min, max); two summaries merge with Chan et al.'s pairwise formula,
 which is exact in any tree shape up to rounding (no sum-of-squares cancellation). `tree_reduce` combines
-`split_every` summaries per level, as the cluster does with `reduce_on_cluster`.
+`split_every` summaries per level. The driver reduces the per-file summaries itself: they are a few numbers each,
+already stored in the table's metadata or returned by the tasks that read files (stages/table_stats.py).
 """
 from __future__ import annotations
 
@@ -79,7 +80,7 @@ def combine_many(items) -> Moments:
 
 
 def tree_reduce(items, split_every: int = 8) -> Moments:
-    """Reduce a list of summaries in a tree of fan-in `split_every` (the same shape the cluster uses)."""
+    """Reduce a list of summaries in a tree of fan-in `split_every`."""
     items = list(items)
     if not items:
         return Moments.empty()
@@ -102,16 +103,3 @@ def summary(m: Moments) -> dict:
         "vp_min": m.min,
         "vp_max": m.max,
     }
-
-
-def reduce_on_cluster(client, parts, split_every: int = 8) -> Moments:
-    """Tree-reduce summaries (or futures of summaries) with tasks on the workers; returns the final Moments."""
-    level = list(parts)
-    if not level:
-        return Moments.empty()
-    split_every = max(2, split_every)
-    while len(level) > 1:
-        level = [client.submit(combine_many, level[i:i + split_every], pure=False)
-                 for i in range(0, len(level), split_every)]
-    final = level[0]
-    return final.result() if hasattr(final, "result") else final
