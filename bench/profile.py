@@ -47,9 +47,22 @@ RULES = [
 ]
 
 
-def role(stack: str) -> str:
-    procs = re.findall(r"process \d+:\"([^\"]*)\"", stack)
-    return "worker" if procs and "spawn_main" in procs[-1] else "driver"
+ROLES = ("driver", "fork server", "worker")
+_PROCESS = re.compile(r"process (\d+):\"([^\"]*)\"")
+
+
+def role(stack: str, fork_server: int | None) -> str:
+    """Which process a stack is from: a spawned worker names spawn_main; forked workers share the fork server's
+    command line (multiprocessing.forkserver), and the fork server is the first of those processes."""
+    procs = _PROCESS.findall(stack)
+    if not procs:
+        return "driver"
+    pid, cmdline = int(procs[-1][0]), procs[-1][1]
+    if "spawn_main" in cmdline:
+        return "worker"
+    if "multiprocessing.forkserver" in cmdline:
+        return "fork server" if pid == fork_server else "worker"
+    return "driver"
 
 
 def categorise(frames: list[str]) -> str:
@@ -68,7 +81,10 @@ def aggregate(raw: Path, rate: int) -> dict:
     by = Counter()
     funcs = Counter()
     pending = ""
-    for line in raw.read_text(errors="replace").splitlines():
+    text = raw.read_text(errors="replace")
+    forked = [int(pid) for pid, cmdline in _PROCESS.findall(text) if "multiprocessing.forkserver" in cmdline]
+    fork_server = min(forked) if forked else None
+    for line in text.splitlines():
         m = re.match(r"^(.*) (\d+)$", pending + line)
         if not m:  # a frame name garbled by sampling without pausing (--nonblocking) may hold newlines
             pending += line
@@ -76,11 +92,11 @@ def aggregate(raw: Path, rate: int) -> dict:
         pending = ""
         stack, n = m.group(1), m.group(2)
         frames = [f for f in stack.split(";") if not f.startswith("process ")]
-        r, cat = role(stack), categorise(frames)
+        r, cat = role(stack, fork_server), categorise(frames)
         by[(r, cat)] += int(n)
         if cat != "idle (waiting)" and frames:
             funcs[(r, frames[-1])] += int(n)
-    busy = {r: sum(v for (rr, c), v in by.items() if rr == r and c != "idle (waiting)") for r in ("driver", "worker")}
+    busy = {r: sum(v for (rr, c), v in by.items() if rr == r and c != "idle (waiting)") for r in ROLES}
     rows = [{"process": r, "category": c, "seconds": v / rate,
              "share_of_process": v / busy[r] if busy[r] and c != "idle (waiting)" else None}
             for (r, c), v in sorted(by.items(), key=lambda kv: (kv[0][0], -kv[1]))]
