@@ -22,15 +22,34 @@ import shutil
 import tempfile
 import threading
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 import pyarrow as pa
+from dask.sizeof import sizeof
 
 from ..schema import QUARANTINE_SCHEMA
 from ..table.bucket import bucket_array
 from ..table.schema import bucket_count
 from ..table.write import WriteTarget, to_date, write_data_files
 from .owners import Owners
+
+
+class Share(NamedTuple):
+    """One range's rows for one owner: the rows sorted by partition key, the key of each group, the start of
+    each group plus the end. A type of its own, not a plain tuple, so that Dask pickles it when it moves to its
+    owner (protocol 5: the Arrow and numpy buffers travel as they are, out of band) instead of giving the table
+    to its Arrow serializer, which first copies it into a growing IPC stream — 40 ms instead of 0.7 ms for a
+    41 MB share under jemalloc, whose freed pages each new stream faults in again."""
+
+    rows: pa.Table
+    keys: np.ndarray
+    starts: np.ndarray
+
+
+@sizeof.register(Share)
+def _sizeof_share(share: Share) -> int:  # what Dask counts as held while the share waits for its owner
+    return share.rows.nbytes + share.keys.nbytes + share.starts.nbytes
 
 
 def partition_keys(rows: pa.Table, buckets: int) -> np.ndarray:
@@ -42,8 +61,8 @@ def partition_keys(rows: pa.Table, buckets: int) -> np.ndarray:
 
 
 def split_by_owner(rows: pa.Table, buckets: int, owners: Owners) -> list:
-    """The rows of one range as one part per owner (owners.py says which partition key each owner takes). Each
-    part is (rows sorted by key, the key of each group, the start of each group plus the end), or None when empty.
+    """The rows of one range as one `Share` per owner (owners.py says which partition key each owner takes), or
+    None where an owner gets no rows.
 
     One sort does it: the rows are ordered by (owner, key), so each owner's share is one run of that order. With
     few distinct keys (a few dates × buckets) each row gets the 16-bit rank of its key in that order, which numpy
@@ -81,7 +100,7 @@ def split_by_owner(rows: pa.Table, buckets: int, owners: Owners) -> list:
         # a table of its own per owner, not a slice of one sorted table: the share an owner keeps would pin the
         # other owners' rows in its memory, uncounted by the budget, until it writes its files
         share = rows.take(pa.array(order[a:b]))
-        parts.append((share, by_rank[firsts] if by_rank is not None else firsts, starts))
+        parts.append(Share(share, by_rank[firsts] if by_rank is not None else firsts, starts))
     return parts
 
 
