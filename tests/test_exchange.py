@@ -66,6 +66,26 @@ def test_a_share_holds_exactly_its_owners_partitions(day_step):
     assert sorted(seen) == list(range(5_000))
 
 
+def test_a_share_travels_between_processes_as_it_is():
+    """A share crosses Dask's wire as a Share with its Arrow buffers out of band (not copied into an IPC stream
+    by Dask's Arrow serializer), arrives equal, and counts its full size in Dask's memory accounting."""
+    import pyarrow as pa
+    from dask.sizeof import sizeof
+    from distributed.protocol import dumps, loads, to_serialize
+
+    from pipeline.stages.accumulate import Share
+
+    rows = pa.table({"impression_id": pa.array(range(200_000), pa.int64()),
+                     "campaign_id": pa.array([f"c{i % 7}" for i in range(200_000)]).dictionary_encode()})
+    share = Share(rows, np.array([3, 9]), np.array([0, 120_000, 200_000]))
+    frames = dumps({"op": "share", "data": to_serialize(("r0@1", "fp", share, None))})
+    assert max(memoryview(f).nbytes for f in frames) == 8 * 200_000  # the id column's buffer, a frame of its own
+    got = loads([bytearray(f) for f in frames])["data"][2]
+    assert type(got) is Share and got.rows.equals(rows)
+    assert got.keys.tolist() == [3, 9] and got.starts.tolist() == [0, 120_000, 200_000]
+    assert sizeof(share) >= rows.nbytes
+
+
 class ReadsAlive:
     """A scheduler plugin (on the real scheduler of the test's cluster) that records the most read tasks that
     were queued, running or holding their result at once."""
