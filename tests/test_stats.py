@@ -238,3 +238,24 @@ def test_from_dict_accepts_strings_as_stored_in_properties():
     m = chunk(USERS_SAMPLE)
     as_strings = {k: repr(v) for k, v in m.to_dict().items()}
     assert Moments.from_dict(as_strings) == m
+
+
+# ------------------------------------------------------------------------------------- on a cluster
+def test_summaries_made_on_workers_reduce_as_local_ones(client):
+    """Summaries computed by tasks on the workers (as `stats --recount` gets them) come back equal to local
+    ones, and the driver's tree reduction of them is exact, whatever the fan-in."""
+    rng = random.Random(7)
+    values = [rng.randint(0, 10000) / 10000 for _ in range(3000)]
+    pieces = random_chunking(values, rng, max_pieces=60)
+    remote = client.gather([client.submit(chunk, p, pure=False) for p in pieces])
+    local_parts = [chunk(p) for p in pieces]
+    want = exact(values)
+    for split_every in (2, 5, 8):
+        got = tree_reduce(remote, split_every)
+        assert isinstance(got, Moments)
+        assert got == tree_reduce(local_parts, split_every)  # same tree, same rounding
+        assert_close(summary(got), want)
+    assert_close(summary(tree_reduce(local_parts, 3)), want)
+    assert tree_reduce([], 8).n == 0
+    assert tree_reduce([local_parts[0]], 8) == local_parts[0]
+    assert tree_reduce([remote[0]], 8) == local_parts[0]

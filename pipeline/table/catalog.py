@@ -8,6 +8,7 @@ command changes no catalog, wherever the change comes from; the load history alo
 """
 from __future__ import annotations
 
+import functools
 import os
 import time
 
@@ -93,41 +94,26 @@ def open_catalog(warehouse: str, catalog: str | None, create: bool = True) -> Ca
     raise UsageError(f"cannot open the catalog {catalog}: {type(error).__name__}: {str(error).splitlines()[0]}")
 
 
-class _Interruptible:
-    """Mixed into a pyiceberg catalog: nothing reaches the catalog once the command was interrupted — no commit,
-    and no table or namespace made, dropped or renamed (pyiceberg creates a table without `commit_table`)."""
-
-    def commit_table(self, table, requirements, updates):
-        interrupts.check_commit()
-        return super().commit_table(table, requirements, updates)
-
-    def create_table(self, *args, **kwargs):
-        interrupts.check_commit()
-        return super().create_table(*args, **kwargs)
-
-    def create_namespace(self, *args, **kwargs):
-        interrupts.check_commit()
-        return super().create_namespace(*args, **kwargs)
-
-    def register_table(self, *args, **kwargs):
-        interrupts.check_commit()
-        return super().register_table(*args, **kwargs)
-
-    def drop_table(self, *args, **kwargs):
-        interrupts.check_commit()
-        return super().drop_table(*args, **kwargs)
-
-    def rename_table(self, *args, **kwargs):
-        interrupts.check_commit()
-        return super().rename_table(*args, **kwargs)
+# What changes a catalog: every commit ends in `commit_table`; pyiceberg makes a table without it
+CHANGES = ("commit_table", "create_table", "create_namespace", "register_table", "drop_table", "rename_table")
 
 
 def _checked(catalog_class: type) -> type:
-    """`catalog_class` with `_Interruptible` first (made when first needed: the Glue and SQL modules import boto3
-    and SQLAlchemy, which a command that uses neither should not pay for)."""
+    """`catalog_class` whose every change (CHANGES) first checks that the command was not interrupted (made when
+    first needed: the Glue and SQL modules import boto3 and SQLAlchemy, which a command that uses neither should
+    not pay for)."""
     if catalog_class not in _CLASSES:
-        _CLASSES[catalog_class] = type(catalog_class.__name__, (_Interruptible, catalog_class), {})
+        _CLASSES[catalog_class] = type(catalog_class.__name__, (catalog_class,),
+                                       {name: _after_check(getattr(catalog_class, name)) for name in CHANGES})
     return _CLASSES[catalog_class]
+
+
+def _after_check(method):
+    @functools.wraps(method)
+    def checked(self, *args, **kwargs):
+        interrupts.check_commit()
+        return method(self, *args, **kwargs)
+    return checked
 
 
 _CLASSES: dict[type, type] = {}
