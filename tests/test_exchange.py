@@ -41,7 +41,7 @@ def test_a_share_holds_exactly_its_owners_partitions(day_step):
     import pyarrow as pa
     from datetime import date, timedelta
 
-    from pipeline.stages.accumulate import partition_keys
+    from pipeline.stages.accumulate import partition_keys, restore
 
     days = [date(1990, 1, 1) + timedelta(day_step * (d % 5)) for d in range(5_000)]
     rows = pa.table({"ad_date": pa.array(days, pa.date32()), "impression_id": pa.array(range(5_000), pa.int64()),
@@ -58,8 +58,9 @@ def test_a_share_holds_exactly_its_owners_partitions(day_step):
         assert list(keys) == sorted(set(keys.tolist()))
         assert starts[0] == 0 and starts[-1] == part.num_rows
         for k, a, b in zip(keys.tolist(), starts[:-1].tolist(), starts[1:].tolist()):
-            group = part.slice(a, b - a)
+            group = restore(part.slice(a, b - a), k, 16)
             assert set(partition_keys(group, 16).tolist()) == {k}
+            assert group.equals(rows.take(group["impression_id"]))  # made whole again: the same rows, the same types
             ids = group["impression_id"].to_pylist()
             assert ids == sorted(ids) and all(expected[i] == k for i in ids)
             seen += ids

@@ -240,6 +240,48 @@ def test_the_memory_budget_holds_across_many_sources_on_one_worker(tmp_path):
                                                  for i in range(12)}
 
 
+def test_a_partition_whose_shares_differ_in_code_width_is_written_whole(tmp_path):
+    """A share carries its dictionary codes in 16 bits only where its dictionary fits (accumulate.narrow), so one
+    partition can get shares of both widths, in one spill and in memory: its file still holds exactly their rows,
+    with the dates and strings as read."""
+    from datetime import date
+
+    import pyarrow.parquet as pq
+
+    from pipeline.read.parse import parse_block
+    from pipeline.stages import accumulate
+    from pipeline.table.catalog import create_or_load, table_properties
+    from pipeline.table.schema import QUARANTINE_ICEBERG, QUARANTINE_SPEC, fact_schema, fact_spec
+    from pipeline.table.write import WriteTarget
+
+    settings = load_settings(warehouse=str(tmp_path / "wh"))
+    cat = open_catalog(settings.warehouse, None)
+    t = create_or_load(cat, ("impressions", "fact"), fact_schema(), fact_spec(8), table_properties(settings))
+    q = create_or_load(cat, ("impressions", "quarantine"), QUARANTINE_ICEBERG, QUARANTINE_SPEC,
+                       table_properties(settings))
+    many = "".join(f"01/02/2019,{i},campaign_01,video_{i:05d},0.5\n" for i in range(40_000))  # 40,000 videos
+    few = "".join(f"01/02/2019,{40_000 + i},campaign_01,video_7,0.25\n" for i in range(500))
+    more = "".join(f"01/02/2019,{50_000 + i},campaign_01,video_9,1\n" for i in range(300))
+    owners = balanced([0] * 8, 1)
+    shares = [accumulate.split_by_owner(parse_block(text.encode(), 0).rows, 8, owners)[0]
+              for text in (many, few, more)]
+    assert [s.rows["video_id"].type.index_type.bit_width for s in shares] == [32, 16, 16]
+    acc = accumulate.Accumulator("load-w", WriteTarget.of(t), WriteTarget.of(q), 8)
+    acc.add_part("r0@0", "fp", shares[0], None)
+    acc.add_part("r1@0", "fp", shares[1], None)
+    acc.flush()  # one spill holding both widths for the one partition
+    acc.add_part("r2@0", "fp", shares[2], None)
+    out = acc.finish()
+    assert len(out["files"]) == 1
+    got = pq.read_table(out["files"][0].data_file.file_path.removeprefix("file://")).sort_by("impression_id")
+    assert got["impression_id"].to_pylist() == list(range(40_000)) + list(range(40_000, 40_500)) + \
+        list(range(50_000, 50_300))
+    assert got["video_id"].to_pylist() == [f"video_{i:05d}" for i in range(40_000)] + ["video_7"] * 500 + \
+        ["video_9"] * 300
+    assert set(got["ad_date"].to_pylist()) == {date(2019, 1, 2)}
+    assert got["viewing_percentage"].to_pylist() == [0.5] * 40_000 + [0.25] * 500 + [1.0] * 300
+
+
 def _dimension(tmp_path) -> str:
     path = tmp_path / "campaigns.csv"
     if not path.exists():
