@@ -109,10 +109,6 @@ def split_by_owner(rows: pa.Table, buckets: int, owners: Owners) -> list:
     return parts
 
 
-_WIDE = {f.name: f.type for f in PARSED_SCHEMA}
-_SHORT = pa.int16()
-
-
 def narrow(rows: pa.Table) -> pa.Table:
     """Parsed rows as a share carries them: without ad_date, dictionary codes in 16 bits where they fit."""
     columns, names = [], []
@@ -122,7 +118,7 @@ def narrow(rows: pa.Table) -> pa.Table:
         col = rows[name]
         if pa.types.is_dictionary(col.type) and col.type.index_type.bit_width > 16 \
                 and all(len(chunk.dictionary) <= np.iinfo(np.int16).max for chunk in col.chunks):
-            col = col.cast(pa.dictionary(_SHORT, col.type.value_type))
+            col = col.cast(pa.dictionary(pa.int16(), col.type.value_type))
         columns.append(col)
         names.append(name)
     return pa.Table.from_arrays(columns, names=names)
@@ -131,8 +127,8 @@ def narrow(rows: pa.Table) -> pa.Table:
 def restore(rows: pa.Table, key: int, buckets: int) -> pa.Table:
     """One group's narrow rows (`narrow`) as parsed rows again: its date from its partition key, 32-bit codes."""
     days = pa.array(np.full(rows.num_rows, key // buckets, dtype=np.int32)).cast(pa.date32())
-    columns = [days] + [rows[n] if rows.schema.field(n).type == _WIDE[n] else rows[n].cast(_WIDE[n])
-                        for n in PARSED_SCHEMA.names[1:]]
+    columns = [days] + [rows[f.name] if rows.schema.field(f.name).type == f.type else rows[f.name].cast(f.type)
+                        for f in list(PARSED_SCHEMA)[1:]]
     return pa.Table.from_arrays(columns, schema=PARSED_SCHEMA)
 
 
@@ -152,8 +148,8 @@ class Spill:
             for group, slices in groups.items():
                 start = sink.tell()
                 if any(piece.schema != slices[0].schema for piece in slices):  # some codes 16-bit, some not
-                    slices = [piece.cast(pa.schema([(f.name, _WIDE[f.name]) for f in piece.schema]))
-                              for piece in slices]
+                    wide = pa.schema([PARSED_SCHEMA.field(name) for name in slices[0].schema.names])
+                    slices = [piece.cast(wide) for piece in slices]
                 with pa.ipc.new_stream(sink, slices[0].schema) as stream:
                     for piece in slices:
                         stream.write_table(piece)
