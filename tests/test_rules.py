@@ -210,6 +210,19 @@ def test_an_all_quoted_block_stays_on_the_typed_path():
     assert parse_block(block, 0).rows.num_rows == 100
 
 
+def test_a_byte_that_is_not_utf8_in_any_text_column_keeps_the_block_off_the_typed_path():
+    """Arrow parses without its UTF-8 check; the typed path checks each column's distinct values instead."""
+    from pipeline.read import parse
+
+    good = [b"01/01/2019,%d,campaign_%02d,video_%d,0.5\n" % (i, i % 7, i % 3) for i in range(200)]
+    for bad in (b"01/01/2019\xff,1,c,v,0.5\n", b"01/01/2019,1,c\xc3,v,0.5\n", b"01/01/2019,1,c,v\xe2\x82,0.5\n"):
+        lines = good[:100] + [bad] + good[100:]
+        assert parse._parse_typed(b"".join(lines), 0, 65536) is None, bad
+        assert actual(lines) == expected(lines)
+        assert list(actual(lines)[0].values()) == ["encoding"]
+    assert parse._parse_typed(b"".join(good), 0, 65536) is not None
+
+
 def test_a_big_dirty_block_tried_again_in_pieces_gives_every_line_its_own_verdict():
     """Above 2 MiB, a block the typed path refuses is retried in ~1 MiB pieces (only refused pieces go the careful
     way): the verdicts are still the rules', line by line."""
