@@ -282,6 +282,44 @@ def test_a_partition_whose_shares_differ_in_code_width_is_written_whole(tmp_path
     assert got["viewing_percentage"].to_pylist() == [0.5] * 40_000 + [0.25] * 500 + [1.0] * 300
 
 
+def test_each_data_file_stores_only_the_strings_its_own_rows_hold(tmp_path):
+    """A read's shares carry its dictionaries whole (every video id of the range): a partition's file keeps only
+    the values of its rows, from memory and from a spill alike, and holds them as read."""
+    import pyarrow.parquet as pq
+
+    from pipeline.read.parse import parse_block
+    from pipeline.stages import accumulate
+    from pipeline.table.catalog import create_or_load, table_properties
+    from pipeline.table.schema import QUARANTINE_ICEBERG, QUARANTINE_SPEC, fact_schema, fact_spec
+    from pipeline.table.write import WriteTarget
+
+    settings = load_settings(warehouse=str(tmp_path / "wh"))
+    cat = open_catalog(settings.warehouse, None)
+    t = create_or_load(cat, ("impressions", "fact"), fact_schema(), fact_spec(8), table_properties(settings))
+    q = create_or_load(cat, ("impressions", "quarantine"), QUARANTINE_ICEBERG, QUARANTINE_SPEC,
+                       table_properties(settings))
+    texts = ["".join(f"01/0{day}/2019,{day * 100_000 + i},campaign_{i % 300:03d},video_{i:05d},0.5\n"
+                     for i in range(20_000)) for day in (1, 2)]  # 300 campaigns, 20,000 videos a read
+    owners = balanced([0] * 8, 1)
+    shares = [accumulate.split_by_owner(parse_block(text.encode(), 0).rows, 8, owners)[0] for text in texts]
+    acc = accumulate.Accumulator("load-d", WriteTarget.of(t), WriteTarget.of(q), 8)
+    acc.add_part("r0@0", "fp", shares[0], None)
+    acc.flush()  # the first date's rows from a spill, the second's from memory
+    acc.add_part("r1@0", "fp", shares[1], None)
+    files = acc.finish()["files"]
+    assert len(files) == 16  # 2 dates x 8 buckets
+    rows = 0
+    for f in files:
+        got = pq.read_table(f.data_file.file_path.removeprefix("file://"), read_dictionary=["campaign_id", "video_id"])
+        for name in ("campaign_id", "video_id"):
+            stored = set(got[name].chunk(0).dictionary.to_pylist())
+            assert stored == set(got[name].to_pylist()), name  # no value the file's rows do not hold
+        ids = got["impression_id"].to_numpy() % 100_000
+        assert got["video_id"].to_pylist() == [f"video_{i:05d}" for i in ids]
+        rows += got.num_rows
+    assert rows == 40_000
+
+
 def _dimension(tmp_path) -> str:
     path = tmp_path / "campaigns.csv"
     if not path.exists():

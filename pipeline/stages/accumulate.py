@@ -31,7 +31,7 @@ from dask.sizeof import sizeof
 from ..schema import PARSED_SCHEMA, QUARANTINE_SCHEMA
 from ..table.bucket import bucket_array
 from ..table.schema import bucket_count
-from ..table.write import WriteTarget, to_date, write_data_files
+from ..table.write import WriteTarget, only_used_values, to_date, write_data_files
 from .owners import Owners
 
 
@@ -151,8 +151,8 @@ class Spill:
                     wide = pa.schema([PARSED_SCHEMA.field(name) for name in slices[0].schema.names])
                     slices = [piece.cast(wide) for piece in slices]
                 with pa.ipc.new_stream(sink, slices[0].schema) as stream:
-                    for piece in slices:
-                        stream.write_table(piece)
+                    for piece in slices:  # a slice of a share shares the whole read's dictionaries
+                        stream.write_table(only_used_values(piece))
                 spans[group] = (start, sink.tell() - start)
         return cls(path, spans)
 
@@ -232,8 +232,8 @@ class Accumulator:
             rows = spill.read(group)
             if rows is not None:
                 yield restore(rows, key, self.buckets)
-        for rows in self.groups.pop(group, []):
-            yield restore(rows, key, self.buckets)
+        for rows in self.groups.pop(group, []):  # a slice of a share: the whole read's dictionaries (spills: not)
+            yield restore(only_used_values(rows), key, self.buckets)
 
     def finish(self) -> dict:
         """Write one data file per group (and the quarantined lines); returns what this worker hands over."""
