@@ -300,12 +300,16 @@ def test_each_data_file_stores_only_the_strings_its_own_rows_hold(tmp_path):
                        table_properties(settings))
     texts = ["".join(f"01/0{day}/2019,{day * 100_000 + i},campaign_{i % 300:03d},video_{i:05d},0.5\n"
                      for i in range(20_000)) for day in (1, 2)]  # 300 campaigns, 20,000 videos a read
+    texts.append("".join(f"01/01/2019,{50_000 + i},campaign_{i % 300:03d},video_{i % 3:05d},0.5\n"
+                         for i in range(3_000)))  # the first date again, with a small dictionary
+    video_of = {int(line.split(",")[1]): line.split(",")[3] for text in texts for line in text.splitlines()}
     owners = balanced([0] * 8, 1)
     shares = [accumulate.split_by_owner(parse_block(text.encode(), 0).rows, 8, owners)[0] for text in texts]
     acc = accumulate.Accumulator("load-d", WriteTarget.of(t), WriteTarget.of(q), 8)
     acc.add_part("r0@0", "fp", shares[0], None)
-    acc.flush()  # the first date's rows from a spill, the second's from memory
+    acc.flush()  # the first date's rows from a spill (videos decoded) and from memory (still a dictionary)
     acc.add_part("r1@0", "fp", shares[1], None)
+    acc.add_part("r2@0", "fp", shares[2], None)
     files = acc.finish()["files"]
     assert len(files) == 16  # 2 dates x 8 buckets
     rows = 0
@@ -314,10 +318,9 @@ def test_each_data_file_stores_only_the_strings_its_own_rows_hold(tmp_path):
         for name in ("campaign_id", "video_id"):
             stored = set(got[name].chunk(0).dictionary.to_pylist())
             assert stored == set(got[name].to_pylist()), name  # no value the file's rows do not hold
-        ids = got["impression_id"].to_numpy() % 100_000
-        assert got["video_id"].to_pylist() == [f"video_{i:05d}" for i in ids]
+        assert got["video_id"].to_pylist() == [video_of[i] for i in got["impression_id"].to_pylist()]
         rows += got.num_rows
-    assert rows == 40_000
+    assert rows == 43_000
 
 
 def _dimension(tmp_path) -> str:

@@ -31,7 +31,7 @@ from dask.sizeof import sizeof
 from ..schema import PARSED_SCHEMA, QUARANTINE_SCHEMA
 from ..table.bucket import bucket_array
 from ..table.schema import bucket_count
-from ..table.write import WriteTarget, only_used_values, to_date, write_data_files
+from ..table.write import WriteTarget, to_date, write_data_files
 from .owners import Owners
 
 
@@ -125,18 +125,46 @@ def narrow(rows: pa.Table) -> pa.Table:
 
 
 def restore(rows: pa.Table, key: int, buckets: int) -> pa.Table:
-    """One group's narrow rows (`narrow`) as parsed rows again: its date from its partition key, 32-bit codes."""
+    """One group's narrow rows (`narrow`, `together`) as parsed rows again: its date from its partition key,
+    32-bit codes; a text column that `together` decoded stays plain strings."""
     days = pa.array(np.full(rows.num_rows, key // buckets, dtype=np.int32)).cast(pa.date32())
-    columns = [days] + [rows[f.name] if rows.schema.field(f.name).type == f.type else rows[f.name].cast(f.type)
-                        for f in list(PARSED_SCHEMA)[1:]]
-    return pa.Table.from_arrays(columns, schema=PARSED_SCHEMA)
+    fields, columns = [PARSED_SCHEMA.field(0)], [days]
+    for f in list(PARSED_SCHEMA)[1:]:
+        col, have = rows[f.name], rows.schema.field(f.name).type
+        if have != f.type and pa.types.is_dictionary(have):
+            col = col.cast(f.type)
+        fields.append(f.with_type(col.type))
+        columns.append(col)
+    return pa.Table.from_arrays(columns, schema=pa.schema(fields, metadata=PARSED_SCHEMA.metadata))
+
+
+def together(slices: list[pa.Table]) -> pa.Table:
+    """A group's slices (one per share it got) as one table, with one call per column rather than per slice (a
+    backfill group gets a slice of a few hundred rows from every read). It copies them: at most the budget.
+
+    A slice carries its read's whole dictionaries. Where a column's dictionaries hold more values than the group
+    has rows (70,000 video ids, 300 rows), the rows' strings are decoded: smaller, and unifying those dictionaries
+    would hash every value of each. Else they are unified into one (a few dates' or campaigns' worth)."""
+    if any(piece.schema != slices[0].schema for piece in slices):  # some codes 16-bit, some not
+        wide = pa.schema([PARSED_SCHEMA.field(name) for name in slices[0].schema.names])
+        slices = [piece.cast(wide) for piece in slices]
+    rows = pa.concat_tables(slices) if len(slices) > 1 else slices[0]
+    columns = []
+    for col in rows.columns:
+        if pa.types.is_dictionary(col.type):
+            if sum(len(chunk.dictionary) for chunk in col.chunks) > len(col):
+                col = col.cast(col.type.value_type)
+            elif col.num_chunks > 1:
+                col = col.unify_dictionaries()
+        columns.append(col.combine_chunks() if col.num_chunks > 1 else col)
+    return pa.Table.from_arrays(columns, names=rows.column_names)
 
 
 @dataclass
 class Spill:
     """Rows an accumulator moved from memory to its worker's local disk: one file, in which each (source,
-    partition key) group is an Arrow IPC stream of its own (a stream, unlike the IPC file format, takes each
-    slice's own dictionaries as they are), found by its byte span."""
+    partition key) group is an Arrow IPC stream of its own holding the group's slices as one table (`together`),
+    found by its byte span."""
 
     path: str
     spans: dict  # (source, key) -> (offset, length)
@@ -147,12 +175,9 @@ class Spill:
         with pa.OSFile(path, "wb") as sink:
             for group, slices in groups.items():
                 start = sink.tell()
-                if any(piece.schema != slices[0].schema for piece in slices):  # some codes 16-bit, some not
-                    wide = pa.schema([PARSED_SCHEMA.field(name) for name in slices[0].schema.names])
-                    slices = [piece.cast(wide) for piece in slices]
-                with pa.ipc.new_stream(sink, slices[0].schema) as stream:
-                    for piece in slices:  # a slice of a share shares the whole read's dictionaries
-                        stream.write_table(only_used_values(piece))
+                rows = together(slices)
+                with pa.ipc.new_stream(sink, rows.schema) as stream:
+                    stream.write_table(rows)
                 spans[group] = (start, sink.tell() - start)
         return cls(path, spans)
 
@@ -232,8 +257,9 @@ class Accumulator:
             rows = spill.read(group)
             if rows is not None:
                 yield restore(rows, key, self.buckets)
-        for rows in self.groups.pop(group, []):  # a slice of a share: the whole read's dictionaries (spills: not)
-            yield restore(only_used_values(rows), key, self.buckets)
+        slices = self.groups.pop(group, [])
+        if slices:
+            yield restore(together(slices), key, self.buckets)
 
     def finish(self) -> dict:
         """Write one data file per group (and the quarantined lines); returns what this worker hands over."""

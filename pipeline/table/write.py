@@ -227,11 +227,21 @@ def _row_groups(rows, size: int):
         held.append(piece)
         n += piece.num_rows
         while n >= size:
-            table = pa.concat_tables(held)
+            table = _concat(held)
             yield table.slice(0, size)
             held, n = [table.slice(size)], n - size
     if n:
-        yield pa.concat_tables(held)
+        yield _concat(held)
+
+
+def _concat(tables: list[pa.Table]) -> pa.Table:
+    """Pieces of one group as one table; a text column that one piece holds decoded is decoded in all."""
+    if all(t.schema == tables[0].schema for t in tables):
+        return pa.concat_tables(tables)
+    plain = {f.name for t in tables for f in t.schema if pa.types.is_string(f.type)}
+    schema = pa.schema([f.with_type(f.type.value_type) if f.name in plain and pa.types.is_dictionary(f.type) else f
+                        for f in tables[0].schema], metadata=tables[0].schema.metadata)
+    return pa.concat_tables([t.cast(schema) for t in tables])
 
 
 LEVELLED = {"zstd", "gzip", "brotli"}
