@@ -608,7 +608,13 @@ def write_local(url: str, data) -> None:
     """Write a local file (a path or file:// URL) in one call, creating its directory (no filesystem object per
     file: this runs for every data file a worker writes)."""
     path = local_path(url)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
+    folder = os.path.dirname(path)
+    try:  # a partition's own new folder, usually: one mkdir, not makedirs' walk up the path
+        os.mkdir(folder)
+    except FileExistsError:
+        pass
+    except FileNotFoundError:
+        os.makedirs(folder, exist_ok=True)
     with open(path, "wb") as f:
         f.write(data)
 
