@@ -144,7 +144,7 @@ def main(argv=None) -> int:
 
         e = translate_error(e)
         hint = "" if getattr(e, "s3_translated", False) else " (set IMPRESSIONS_DEBUG=1 for a traceback)"
-        say(f"impressions: failed: {type(e).__name__}: {e}{hint}")
+        say(f"impressions: failed: {type(e).__name__}: {str(e) or _origin(e)}{hint}")
         return 1
 
 
@@ -451,6 +451,18 @@ def _demo(args, settings, job=None) -> int:
 COMMANDS = {"partition": _partition, "index": _index, "stats": _stats, "join": _join, "update": _update, "run": _run,
             "compact": _maintenance, "expire": _maintenance, "cleanup": _maintenance, "loads": _loads,
             "dashboard": _dashboard, "demo": _demo}
+
+
+def _origin(e: BaseException) -> str:
+    """Where an error without a message was raised (a bare `assert` in a library says nothing else)."""
+    import traceback
+
+    frames = traceback.extract_tb(e.__traceback__)
+    if not frames:
+        return "(no message)"
+    last = frames[-1]
+    parts = last.filename.replace(os.sep, "/").split("/")
+    return f"(no message; raised at {'/'.join(parts[-2:])}:{last.lineno} in {last.name})"
 
 
 if __name__ == "__main__":
