@@ -604,6 +604,17 @@ def upload(url: str, data: bytes, metadata: dict[str, str], content_type: str | 
         boto_client("s3").upload_fileobj(io.BytesIO(data), bucket, key, ExtraArgs=extra)
 
 
+def scratch_directory() -> str | None:
+    """Inside a Dask task, the worker's own scratch directory (Dask's `temporary-directory`, removed with the
+    worker): where spills and the index pass's file go. Elsewhere None: the system's temporary directory."""
+    try:
+        from distributed import get_worker
+
+        return get_worker().local_directory
+    except ValueError:
+        return None
+
+
 def write_local(url: str, data) -> None:
     """Write a local file (a path or file:// URL) in one call, creating its directory (no filesystem object per
     file: this runs for every data file a worker writes)."""

@@ -29,6 +29,7 @@ import pyarrow as pa
 from dask.sizeof import sizeof
 
 from ..schema import PARSED_SCHEMA, QUARANTINE_SCHEMA
+from ..storage import scratch_directory
 from ..table.bucket import bucket_array
 from ..table.schema import bucket_count
 from ..table.write import WriteTarget, to_date, write_data_files
@@ -236,7 +237,7 @@ class Accumulator:
     def _flush(self) -> None:
         if self.groups and not self.closed:
             if self.spill_dir is None:
-                self.spill_dir = tempfile.mkdtemp(prefix=f"spill-{self.load_id}-", dir=_local_directory())
+                self.spill_dir = tempfile.mkdtemp(prefix=f"spill-{self.load_id}-", dir=scratch_directory())
             path = os.path.join(self.spill_dir, f"{len(self.spills):05d}.arrows")
             self.spills.append(Spill.write(path, self.groups))
             self.groups.clear()
@@ -291,13 +292,6 @@ def quarantine_table(load_id: str, source: str, offsets, reasons, lines) -> pa.T
     return pa.table([pa.array([load_id] * n, pa.string()), pa.array([source] * n, pa.string()),
                      pa.array(offsets, pa.int64()), pa.array(reasons, pa.string()), pa.array(lines, pa.binary())],
                     schema=QUARANTINE_SCHEMA)
-
-
-def _local_directory() -> str | None:
-    """The worker's own scratch directory (Dask's `temporary-directory`; removed with the worker), else the
-    system's temporary directory."""
-    worker = _worker()
-    return worker.local_directory if worker is not None else None
 
 
 def _task_threads() -> int:
