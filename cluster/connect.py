@@ -59,8 +59,9 @@ def connect(scheduler: str | None = None, workers: int = 2, threads_per_worker: 
 HANDSHAKE_ATTEMPTS = 5
 
 
-def attach(address: str, attempts: int = HANDSHAKE_ATTEMPTS):
-    """A Client of a running scheduler that other clients may be using at the same time.
+def attach(address: str, attempts: int = HANDSHAKE_ATTEMPTS, **client_options):
+    """A Client of a running scheduler that other clients may be using at the same time (`client_options` go
+    to `Client`).
 
     distributed (2026.8) asserts that the first batch a new client reads holds the scheduler's `stream-start`
     alone. A message the scheduler sends to every client at that moment (`cancelled-keys` when another client
@@ -74,7 +75,7 @@ def attach(address: str, attempts: int = HANDSHAKE_ATTEMPTS):
 
     for attempt in range(1, attempts + 1):
         try:
-            return Client(address)
+            return Client(address, **client_options)
         except AssertionError as e:
             _abandon(e)
             if attempt == attempts:

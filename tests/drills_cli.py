@@ -451,9 +451,10 @@ class Observer:
     """A Client connected to a running CLI's scheduler, used only to look at the workers (and for the kill)."""
 
     def __init__(self, address: str):
-        from distributed import Client
+        from cluster.connect import attach
 
-        self.client = Client(address, timeout="30s", set_as_default=False)
+        # attach: the CLI may be cancelling futures (a lost owner's absorbs) just as this connects
+        self.client = attach(address, timeout="30s", set_as_default=False)
 
     def run(self, function, timeout: float = 30) -> dict:
         """`Client.run` on every worker, bounded: a worker that does not answer within `timeout` s fails the drill
