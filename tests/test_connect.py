@@ -11,7 +11,7 @@ from cluster.connect import HANDSHAKE_ATTEMPTS, _abandon, connect
 
 
 class BroadcastAtHandshake(SchedulerPlugin):
-    """For the next `times` clients to connect: the scheduler sends a message to every client right after their
+    """For the next `armed` clients to connect: the scheduler sends a message to every client right after their
     `stream-start`, in the same batch, as it does when another client cancels futures (`cancelled-keys`)."""
 
     name = "broadcast-at-handshake"
