@@ -32,7 +32,7 @@ from ..schema import PARSED_SCHEMA, QUARANTINE_SCHEMA
 from ..storage import scratch_directory
 from ..table.bucket import bucket_array
 from ..table.schema import bucket_count
-from ..table.write import WriteTarget, to_date, write_data_files
+from ..table.write import WriteTarget, concat_pieces, to_date, write_data_files
 from .owners import Owners
 
 
@@ -146,10 +146,7 @@ def together(slices: list[pa.Table]) -> pa.Table:
     A slice carries its read's whole dictionaries. Where a column's dictionaries hold more values than the group
     has rows (70,000 video ids, 300 rows), the rows' strings are decoded: smaller, and unifying those dictionaries
     would hash every value of each. Else they are unified into one (a few dates' or campaigns' worth)."""
-    if any(piece.schema != slices[0].schema for piece in slices):  # some codes 16-bit, some not
-        wide = pa.schema([PARSED_SCHEMA.field(name) for name in slices[0].schema.names])
-        slices = [piece.cast(wide) for piece in slices]
-    rows = pa.concat_tables(slices) if len(slices) > 1 else slices[0]
+    rows = concat_pieces(slices)  # some codes 16-bit, some not: the wider
     columns = []
     for col in rows.columns:
         if pa.types.is_dictionary(col.type):

@@ -227,21 +227,27 @@ def _row_groups(rows, size: int):
         held.append(piece)
         n += piece.num_rows
         while n >= size:
-            table = _concat(held)
+            table = concat_pieces(held)
             yield table.slice(0, size)
             held, n = [table.slice(size)], n - size
     if n:
-        yield _concat(held)
+        yield concat_pieces(held)
 
 
-def _concat(tables: list[pa.Table]) -> pa.Table:
-    """Pieces of one group as one table; a text column that one piece holds decoded is decoded in all."""
-    if all(t.schema == tables[0].schema for t in tables):
-        return pa.concat_tables(tables)
-    plain = {f.name for t in tables for f in t.schema if pa.types.is_string(f.type)}
-    schema = pa.schema([f.with_type(f.type.value_type) if f.name in plain and pa.types.is_dictionary(f.type) else f
-                        for f in tables[0].schema], metadata=tables[0].schema.metadata)
-    return pa.concat_tables([t.cast(schema) for t in tables])
+def concat_pieces(tables: list[pa.Table]) -> pa.Table:
+    """Pieces of one group as one table, whatever each piece holds: a text column that one piece holds decoded
+    is decoded in all; dictionary codes take the widest piece's width (a share narrows them to 16 bits where its
+    dictionary fits)."""
+    first = tables[0].schema
+    if all(t.schema == first for t in tables):
+        return pa.concat_tables(tables) if len(tables) > 1 else tables[0]
+    fields = []
+    for f in first:
+        types = [t.schema.field(f.name).type for t in tables]
+        plain = [x for x in types if not pa.types.is_dictionary(x)]
+        fields.append(f.with_type(plain[0] if plain else max(types, key=lambda x: x.index_type.bit_width)))
+    schema = pa.schema(fields, metadata=first.metadata)
+    return pa.concat_tables([t if t.schema == schema else t.cast(schema) for t in tables])
 
 
 LEVELLED = {"zstd", "gzip", "brotli"}
