@@ -132,9 +132,14 @@ def build_index(source: Source, warehouse: str, spacing: int, threads: int = 1) 
     if fs.exists(path):
         return read_index(url)
     # the index goes to a local file, never into memory: its windows are 32 KiB per point, linear in the file
-    # (33 MB for 4 GB of CSV; held twice, in a BytesIO and its value, ~0.7 GB of worker memory for a 12 GB gzip).
-    # The temporary file is on the worker's local disk, beside its spills; S3 gets it in one upload
-    with tempfile.TemporaryDirectory(prefix="gzindex-", dir=scratch_directory()) as tmp:
+    # (33 MB for 4 GB of CSV; held twice, in a BytesIO and its value, they would be ~0.7 GB for a 12 GB gzip).
+    # A local cache gets the file by a rename beside it; S3 by one PUT from the worker's local disk (an object
+    # appears whole or not at all: no temporary key to copy and delete)
+    remote = is_remote(url)
+    if not remote:
+        fs.makedirs(fs._parent(path), exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".gzindex-", dir=scratch_directory() if remote else fs._parent(path)) \
+            as tmp:
         local = os.path.join(tmp, "index.gzidx")
         reader = Reader(source, parallelization=threads, chunk_size=spacing)
         try:
@@ -155,9 +160,10 @@ def build_index(source: Source, warehouse: str, spacing: int, threads: int = 1) 
                 "the file is truncated or has trailing garbage"
             )
         index = replace(read_index(local), cache_url=url)  # validate before caching
-        fs.makedirs(fs._parent(path), exist_ok=True)
-        fs.put_file(local, path + ".tmp")
-    fs.mv(path + ".tmp", path)
+        if remote:
+            fs.put_file(local, path)
+        else:
+            os.replace(local, path)
     return index
 
 
