@@ -19,7 +19,7 @@ import pyarrow as pa
 import pytest
 
 from conftest import swallowed_sigterm, write_gz
-from outside import delete_unreachable_files, duckdb_rows, duckdb_stats, expire_all_but_current
+from outside import delete_unreachable_files, duckdb_connection, duckdb_rows, duckdb_stats, expire_all_but_current
 from pipeline.config import load_settings
 from pipeline.errors import UsageError
 from pipeline.stages.join import join
@@ -364,6 +364,42 @@ def test_a_group_larger_than_the_target_file_size_rolls_into_several_files(tmp_p
     whole = stats.chunk(pa.concat_tables(pieces)["viewing_percentage"])
     merged = stats.combine_many(w.moments for w in written)
     assert merged.n == whole.n and merged.mean == pytest.approx(whole.mean, rel=1e-12)
+
+
+@pytest.mark.parametrize("values, rows, encoded", [
+    ("4 decimals", 100_000, True), ("full precision", 100_000, False), ("4 decimals", 5_000, False)])
+def test_viewing_percentage_is_dictionary_encoded_only_where_that_pays(tmp_path, values, rows, encoded):
+    """Percentages on a coarse grid (0.33, 0.1181) repeat: a large file stores them as a dictionary; doubles
+    of full precision do not repeat, and a small file's dictionary costs more than it saves. Either way every
+    engine reads back the same values."""
+    import numpy as np
+    import pyarrow.parquet as pq
+    from datetime import date
+
+    from pipeline.table.catalog import create_or_load, table_properties
+    from pipeline.table.schema import fact_schema, fact_spec
+    from pipeline.table.write import WriteTarget, write_data_files
+
+    settings = load_settings(warehouse=str(tmp_path / "wh"))
+    t = create_or_load(open_catalog(settings.warehouse, None), ("impressions", "fact"), fact_schema(), fact_spec(8),
+                       table_properties(settings))
+    vp = np.random.default_rng(3).random(rows)
+    vp = np.round(vp, 4) if values == "4 decimals" else vp
+    table = pa.table({"ad_date": pa.array([date(2019, 1, 1)] * rows, pa.date32()),
+                      "impression_id": pa.array(range(rows), pa.int64()),
+                      "campaign_id": pa.array(["campaign_01"] * rows).dictionary_encode(),
+                      "video_id": pa.array(["video_1"] * rows).dictionary_encode(),
+                      "viewing_percentage": pa.array(vp)})
+    [written] = write_data_files(WriteTarget.of(t), [((date(2019, 1, 1), 3), "a" * 24, table)])
+    path = written.data_file.file_path.removeprefix("file://")
+    column = pq.ParquetFile(path).metadata.row_group(0).column(4)
+    assert column.path_in_schema == "viewing_percentage"
+    assert column.has_dictionary_page is encoded, column.encodings
+    n, mean, std = duckdb_connection().execute(
+        "SELECT count(*), avg(viewing_percentage), stddev_pop(viewing_percentage) FROM read_parquet(?)",
+        [path]).fetchone()
+    assert (n, mean, std) == pytest.approx((rows, float(np.mean(vp)), float(np.std(vp))), rel=1e-12)
+    assert pq.read_table(path)["viewing_percentage"].to_numpy().tolist() == vp.tolist()
 
 
 def test_data_files_land_where_pyiceberg_puts_them_and_take_each_column_in_the_tables_type(tmp_path):
