@@ -100,9 +100,9 @@ def write_data_files(target: WriteTarget, groups: list[tuple[tuple, str, pa.Tabl
     options = parquet_options(metadata.properties)
     options["use_dictionary"] = [f.name for f in arrow_schema if pa.types.is_string(f.type)
                                  or pa.types.is_date(f.type)]
-    repeated = {**options, "use_dictionary": [*options["use_dictionary"], "viewing_percentage"]}
     # ids and offsets: delta-encoded, which is both smaller and cheaper to compress than plain (ids grow)
     options["column_encoding"] = {f.name: "DELTA_BINARY_PACKED" for f in arrow_schema if pa.types.is_int64(f.type)}
+    repeated = {**options, "use_dictionary": [*options["use_dictionary"], "viewing_percentage"]}
     row_group = int(metadata.properties.get("write.parquet.row-group-limit", 1048576))
     target_size = file_size or int(metadata.properties.get("write.target-file-size-bytes", 512 * 1024 * 1024))
     numbers = itertools.count()  # of the files this call writes (threads take them in turn)
