@@ -125,3 +125,39 @@ def test_reads_go_no_further_ahead_than_the_owners_absorb(settings, tmp_path):
                                     len(dask_scheduler.plugins["reads-alive"].seen)))
     assert rec["rows_written"] == 200_000 and rec["read_tasks"] == seen >= 25
     assert most <= READS_AHEAD * 2 + 2, (most, seen)  # the window, and a share batch sent as it fills
+
+
+@pytest.mark.parametrize("run_rows", [3, 400], ids=["short runs (one gather)", "long runs (copied run by run)"])
+@pytest.mark.parametrize("videos", [5, 50_000], ids=["5 video ids", "50,000 video ids"])
+def test_regrouped_shares_hold_each_groups_rows_in_arrival_order(run_rows, videos):
+    """An owner makes its buffered shares one table sorted by partition key before it spills or writes
+    (accumulate.regroup): each group then holds exactly the rows its shares gave it, share by share in arrival
+    order, with its strings as read, whichever way the rows were put in order and the dictionaries made one."""
+    import pyarrow as pa
+
+    from pipeline.stages.accumulate import Share, groups_of, regroup
+
+    rng = np.random.default_rng(run_rows + videos)
+    video_names = pa.array([f"video_{i}" for i in range(videos)])
+    shares, expected, next_id = [], {}, 0
+    for s in range(12):
+        keys = np.sort(rng.choice(np.arange(40, 90), size=int(rng.integers(1, 30)), replace=False))
+        counts = rng.integers(1, 2 * run_rows, size=len(keys))
+        n = int(counts.sum())
+        codes = rng.integers(0, videos, n)
+        width = np.int16 if videos < 1 << 15 else np.int32  # both code widths meet, as from narrow()
+        rows = pa.table({"impression_id": pa.array(np.arange(next_id, next_id + n)),
+                         "video_id": pa.DictionaryArray.from_arrays(pa.array(codes.astype(width)), video_names)})
+        starts = np.concatenate(([0], np.cumsum(counts)))
+        for k, a, b in zip(keys.tolist(), starts[:-1], starts[1:]):
+            expected.setdefault(k, []).extend(
+                (next_id + i, f"video_{codes[i]}") for i in range(a, b))
+        shares.append(Share(rows, keys, starts))
+        next_id += n
+    given = list(shares)
+    merged = regroup(given)
+    assert given == []  # the shares were let go
+    assert merged.keys.tolist() == sorted(expected) and merged.starts[-1] == next_id
+    got = {k: list(zip(rows["impression_id"].to_pylist(), rows["video_id"].to_pylist()))
+           for (_, k), rows in groups_of("s", merged)}
+    assert got == expected
