@@ -129,13 +129,20 @@ def test_reads_go_no_further_ahead_than_the_owners_absorb(settings, tmp_path):
 
 @pytest.mark.parametrize("run_rows", [3, 400], ids=["short runs (one gather)", "long runs (copied run by run)"])
 @pytest.mark.parametrize("videos", [5, 50_000], ids=["5 video ids", "50,000 video ids"])
-def test_regrouped_shares_hold_each_groups_rows_in_arrival_order(run_rows, videos):
+@pytest.mark.parametrize("large_text", [False, True], ids=["32-bit offsets", "64-bit offsets"])
+def test_regrouped_shares_hold_each_groups_rows_in_arrival_order(run_rows, videos, large_text, monkeypatch):
     """An owner makes its buffered shares one table sorted by partition key before it spills or writes
     (accumulate.regroup): each group then holds exactly the rows its shares gave it, share by share in arrival
-    order, with its strings as read, whichever way the rows were put in order and the dictionaries made one."""
+    order, with its strings as read, whichever way the rows were put in order and the dictionaries made one —
+    and decoded strings too many for 32-bit offsets (a large memory budget) are held with 64-bit ones (the limit
+    lowered here to reach it)."""
     import pyarrow as pa
 
+    from pipeline.stages import accumulate
     from pipeline.stages.accumulate import Share, groups_of, regroup
+
+    if large_text:
+        monkeypatch.setattr(accumulate, "LARGE_TEXT", 0)
 
     rng = np.random.default_rng(run_rows + videos)
     video_names = pa.array([f"video_{i}" for i in range(videos)])
@@ -161,3 +168,7 @@ def test_regrouped_shares_hold_each_groups_rows_in_arrival_order(run_rows, video
     got = {k: list(zip(rows["impression_id"].to_pylist(), rows["video_id"].to_pylist()))
            for (_, k), rows in groups_of("s", merged)}
     assert got == expected
+    decoded = pa.types.is_string(merged.rows.schema.field("video_id").type) or \
+        pa.types.is_large_string(merged.rows.schema.field("video_id").type)
+    if decoded:
+        assert pa.types.is_large_string(merged.rows.schema.field("video_id").type) is large_text

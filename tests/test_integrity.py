@@ -282,13 +282,18 @@ def test_a_partition_whose_shares_differ_in_code_width_is_written_whole(tmp_path
     assert got["viewing_percentage"].to_pylist() == [0.5] * 40_000 + [0.25] * 500 + [1.0] * 300
 
 
-def test_each_data_file_stores_only_the_strings_its_own_rows_hold(tmp_path):
+@pytest.mark.parametrize("large_text", [False, True], ids=["32-bit offsets", "64-bit offsets"])
+def test_each_data_file_stores_only_the_strings_its_own_rows_hold(tmp_path, large_text, monkeypatch):
     """A read's shares carry its dictionaries whole (every video id of the range): a partition's file keeps only
-    the values of its rows, from memory and from a spill alike, and holds them as read."""
+    the values of its rows, from memory and from a spill alike, and holds them as read — also where the decoded
+    strings were held with 64-bit offsets (a large memory budget; the limit lowered here to reach it)."""
     import pyarrow.parquet as pq
 
     from pipeline.read.parse import parse_block
     from pipeline.stages import accumulate
+
+    if large_text:
+        monkeypatch.setattr(accumulate, "LARGE_TEXT", 0)
     from pipeline.table.catalog import create_or_load, table_properties
     from pipeline.table.schema import QUARANTINE_ICEBERG, QUARANTINE_SPEC, fact_schema, fact_spec
     from pipeline.table.write import WriteTarget

@@ -186,7 +186,7 @@ def regroup(shares: list[Share]) -> Share:
         columns[i] = None  # this column of the shares goes once its copy is made
         if pa.types.is_dictionary(col.type):
             if sum(len(chunk.dictionary) for chunk in col.chunks) > per_group:
-                col = col.cast(col.type.value_type)
+                col = col.cast(_decoded_type(col))
             elif col.num_chunks > 1:
                 col = col.unify_dictionaries()
         if not in_order and gather is None:
@@ -195,6 +195,19 @@ def regroup(shares: list[Share]) -> Share:
         columns[i] = col.take(gather) if gather is not None else col
         del col
     return Share(pa.Table.from_arrays(columns, names=names), keys, np.concatenate(([0], np.cumsum(counts))))
+
+
+LARGE_TEXT = 1 << 30  # decoded bytes beyond which a column's strings get 64-bit offsets
+
+
+def _decoded_type(col: pa.ChunkedArray) -> pa.DataType:
+    """The type a dictionary column is decoded to: its value type, or the large (64-bit offset) kind of it when
+    its strings may pass 2 GiB together (a large `write.memory-budget`: 32-bit offsets would overflow and fail the
+    load). Estimated from each chunk's dictionary: its bytes per value times the chunk's rows."""
+    estimate = sum(chunk.dictionary.nbytes / max(1, len(chunk.dictionary)) * len(chunk) for chunk in col.chunks)
+    if estimate <= LARGE_TEXT:
+        return col.type.value_type
+    return pa.large_string() if pa.types.is_string(col.type.value_type) else pa.large_binary()
 
 
 def by_source(pending: list) -> list[tuple[str, Share]]:
