@@ -227,10 +227,8 @@ def _repeats(table: pa.Table, name: str) -> bool:
     file is smaller and faster without, whatever its values."""
     if name not in table.column_names or table.num_rows < DICTIONARY_ROWS:
         return False
-    col = table[name]
-    head = (col.chunk(0) if col.num_chunks else pa.array([], pa.float64()))[:1024]
-    values = head.to_numpy(zero_copy_only=False) * GRID
-    return bool(len(values)) and bool(np.all(np.abs(values - np.round(values)) < 1e-6))
+    values = table[name].slice(0, 1024).to_numpy() * GRID
+    return bool(np.all(np.abs(values - np.round(values)) < 1e-6))
 
 
 def _row_groups(rows, size: int):
@@ -256,8 +254,8 @@ def _row_groups(rows, size: int):
 
 def concat_pieces(tables: list[pa.Table]) -> pa.Table:
     """Pieces of one group as one table, whatever each piece holds: a text column that one piece holds decoded
-    is decoded in all; dictionary codes take the widest piece's width (a share narrows them to 16 bits where its
-    dictionary fits)."""
+    is decoded in all (with 64-bit offsets if any piece has them: accumulate.regroup); dictionary codes take the
+    widest piece's width (a share narrows them to 16 bits where its dictionary fits)."""
     first = tables[0].schema
     if all(t.schema == first for t in tables):
         return pa.concat_tables(tables) if len(tables) > 1 else tables[0]
@@ -265,7 +263,8 @@ def concat_pieces(tables: list[pa.Table]) -> pa.Table:
     for f in first:
         types = [t.schema.field(f.name).type for t in tables]
         plain = [x for x in types if not pa.types.is_dictionary(x)]
-        fields.append(f.with_type(plain[0] if plain else max(types, key=lambda x: x.index_type.bit_width)))
+        large = [x for x in plain if pa.types.is_large_string(x) or pa.types.is_large_binary(x)]
+        fields.append(f.with_type((large or plain)[0] if plain else max(types, key=lambda x: x.index_type.bit_width)))
     schema = pa.schema(fields, metadata=first.metadata)
     return pa.concat_tables([t if t.schema == schema else t.cast(schema) for t in tables])
 
