@@ -496,7 +496,7 @@ class Bench:
     def run(self) -> None:
         a = self.args
         say(f"units: {', '.join(u for u in UNITS if u in a.only)}; shapes: {', '.join(a.shapes)}; "
-            f"{a.rows:,} rows; {a.rounds} round(s); results -> {a.out.relative_to(REPO)}")
+            f"{a.rows:,} rows; {a.rounds} round(s); results -> {_shown(a.out)}")
         for name in PEER_PACKAGES:
             if name in a.only:
                 self.pythons[name], self.pins[name] = peer_python(name, a.upgrade)
@@ -565,6 +565,11 @@ print(json.dumps({"buckets": buckets, "files": len(hit), "bytes": sum(f.file_siz
     if res.returncode:
         raise measure.Failed(f"affected bytes: {res.stderr[-2000:]}")
     return json.loads(res.stdout)
+
+
+def _shown(path: Path) -> Path:
+    """A path as the messages show it: relative to the repository when inside it (--out may be anywhere)."""
+    return path.relative_to(REPO) if path.is_relative_to(REPO) else path
 
 
 def parse_args(argv=None):
