@@ -118,9 +118,9 @@ class Reader:
     def import_index(self, data: bytes) -> None:
         """Import a GZIDX index from memory. rapidgzip 0.16 keeps references to the file object it imports from
         after the import (and after close): left open, a range's sub-index (~1.2 MB) stayed in its worker for
-        good — ~0.4 GB over a 12 GB gzip's ranges, split among the workers that read them. Closed here, its
-        buffer goes (the object kept is a few KiB). The S3 file a reader wraps is closed with it, which drops
-        its read-ahead cache the same way."""
+        good (computed: ~0.4 GB over a 12 GB gzip's ~320 ranges, split among the workers that read them).
+        Closed here, its buffer goes (the object kept is ~13 KiB). The S3 file a reader wraps is closed with it,
+        which drops its read-ahead cache the same way."""
         source = io.BytesIO(data)
         try:
             self._gz.import_index(source)
