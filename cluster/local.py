@@ -10,14 +10,15 @@ import warnings
 import dask.config
 from distributed import Client, LocalCluster
 
-from . import forkserver
+from . import forkserver, pages
 
 
 @contextlib.contextmanager
 def local_cluster(workers: int = 2, threads_per_worker: int = 1, memory_limit: str | int | None = "auto",
                   dashboard: bool = True, preload: tuple[str, ...] = ()):
     """A LocalCluster whose worker processes are forked from the fork server (with `preload` imported once) or
-    spawned, as `impressions.worker-start` says (cluster/forkserver.py); the server stops with the cluster."""
+    spawned, as `impressions.worker-start` says (cluster/forkserver.py); the server stops with the cluster.
+    Bokeh's dashboard pages are mounted by the first request for them (cluster/pages.py)."""
     method = forkserver.method(preload)
     try:
         # for the whole life of the cluster: a worker its nanny restarts is forked too
@@ -27,7 +28,8 @@ def local_cluster(workers: int = 2, threads_per_worker: int = 1, memory_limit: s
                 warnings.filterwarnings("ignore", message="Port .* is already in use")
                 cluster = LocalCluster(n_workers=workers, threads_per_worker=threads_per_worker, processes=True,
                                        memory_limit=memory_limit, dashboard_address=":8787" if dashboard else None,
-                                       silence_logs=_worker_log_level())
+                                       scheduler_kwargs={"dashboard": False}, silence_logs=_worker_log_level())
+            pages.install(cluster.scheduler)
             with cluster:
                 yield cluster
     finally:
