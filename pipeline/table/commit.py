@@ -18,8 +18,13 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from pyiceberg.exceptions import CommitFailedException, ValidationException
+from pyiceberg.expressions import And, In, IsNull, Or, Reference
+from pyiceberg.manifest import DataFileContent, ManifestEntry, ManifestEntryStatus
 from pyiceberg.table import Table
-from pyiceberg.table.update.snapshot import ManageSnapshots
+from pyiceberg.table.refs import MAIN_BRANCH
+from pyiceberg.table.snapshots import Operation
+from pyiceberg.table.update.snapshot import ManageSnapshots, _OverwriteFiles
+from pyiceberg.typedef import KeyDefaultDict
 
 
 ATTEMPTS = 8
@@ -53,8 +58,9 @@ def apply(table: Table, change: Change) -> Table:
         tx.remove_properties(*removed)
     if change.set_properties:
         tx.set_properties(change.set_properties)
-    producer = tx.update_snapshot(snapshot_properties={k: str(v) for k, v in change.snapshot_properties.items()})
-    with (producer.overwrite() if change.deletes else producer.fast_append()) as op:
+    properties = {k: str(v) for k, v in change.snapshot_properties.items()}
+    with (_Overwrite.of(tx, properties) if change.deletes else
+          tx.update_snapshot(snapshot_properties=properties).fast_append()) as op:
         for df in change.deletes:
             op.delete_data_file(df)
         for df in change.adds:
@@ -63,6 +69,85 @@ def apply(table: Table, change: Change) -> Table:
     if change.tag:
         ManageSnapshots(tx).create_tag(snapshot_id, change.tag).commit()
     return tx.commit_transaction()
+
+
+class _Overwrite(_OverwriteFiles):
+    """pyiceberg's overwrite of named data files (0.12), its work on the parent's manifests done once.
+
+    pyiceberg finds the deleted files' manifest entries in one pass over the parent's manifests and rewrites the
+    manifests that lose some in a second, decoding every entry twice and hashing each kept entry by its `repr`;
+    it prunes manifests with an Or of one term per partition of the deleted files. An update replacing 240 of a
+    table's 3,840 files, all in one manifest, spent 1.22-1.26 s in that commit. Here the pruning predicate is one
+    `In` per partition field (a superset: pruning only skips manifests, every entry is still matched by path), the
+    one pass remembers what each touched manifest keeps, and the rewrite writes that."""
+
+    @classmethod
+    def of(cls, tx, snapshot_properties: dict) -> "_Overwrite":
+        """What `tx.update_snapshot(...).overwrite()` makes, as this class."""
+        has_parent = tx.table_metadata.snapshot_by_name(name=MAIN_BRANCH) is not None
+        return cls(operation=Operation.OVERWRITE if has_parent else Operation.APPEND, transaction=tx,
+                   io=tx._table.io, branch=MAIN_BRANCH, snapshot_properties=snapshot_properties)
+
+    def _build_delete_files_partition_predicate(self) -> None:
+        by_spec: dict = {}
+        for data_file in self._deleted_data_files:
+            by_spec.setdefault(data_file.spec_id, []).append(data_file.partition)
+        for spec_id, partitions in by_spec.items():
+            terms = []
+            for pos, field in enumerate(self.spec(spec_id).fields):
+                values = {p[pos] for p in partitions}
+                known = values - {None}
+                term = In(Reference(field.name), known) if known else None
+                if None in values:
+                    term = IsNull(Reference(field.name)) if term is None else Or(term, IsNull(Reference(field.name)))
+                terms.append(term)
+            if terms:
+                self.partition_filters[spec_id] = Or(self.partition_filters[spec_id],
+                                                     And(*terms) if len(terms) > 1 else terms[0])
+
+    def _deleted_entries(self) -> list[ManifestEntry]:
+        self._kept: dict = {}  # manifest path -> the entries it keeps, for the manifests that lose some
+        parent = (self._transaction.table_metadata.snapshot_by_id(self._parent_snapshot_id)
+                  if self._parent_snapshot_id is not None else None)
+        deleted: list[ManifestEntry] = []
+        if parent is not None:
+            paths = {f.file_path for f in self._deleted_data_files}
+            evaluators = KeyDefaultDict(self._build_manifest_evaluator)
+            for manifest in parent.manifests(io=self._io):
+                if not evaluators[manifest.partition_spec_id](manifest):
+                    continue
+                gone, kept = [], []
+                for entry in manifest.fetch_manifest_entry(io=self._io, discard_deleted=True):
+                    hit = entry.data_file.content == DataFileContent.DATA and entry.data_file.file_path in paths
+                    (gone if hit else kept).append(entry)
+                if gone:
+                    self._kept[manifest.manifest_path] = kept
+                    deleted += [_entry(e, ManifestEntryStatus.DELETED, self._snapshot_id) for e in gone]
+        self._validate_required_deletes(deleted)
+        return deleted
+
+    def _existing_manifests(self) -> list:
+        head = self._transaction.table_metadata.snapshot_by_name(name=self._target_branch)
+        if head is None:
+            return []
+        if head.snapshot_id != self._parent_snapshot_id or not hasattr(self, "_kept"):
+            return super()._existing_manifests()  # not the snapshot the deletes were found in: pyiceberg's way
+        out = []
+        for manifest in head.manifests(io=self._io):
+            kept = self._kept.get(manifest.manifest_path)
+            if kept is None:
+                out.append(manifest)  # loses nothing: kept as it is
+            elif kept:
+                with self.new_manifest_writer(self.spec(manifest.partition_spec_id)) as writer:
+                    for e in kept:
+                        writer.add_entry(_entry(e, ManifestEntryStatus.EXISTING, e.snapshot_id))
+                out.append(writer.to_manifest_file())
+        return out
+
+
+def _entry(entry: ManifestEntry, status: ManifestEntryStatus, snapshot_id: int) -> ManifestEntry:
+    return ManifestEntry.from_args(status=status, snapshot_id=snapshot_id, sequence_number=entry.sequence_number,
+                                   file_sequence_number=entry.file_sequence_number, data_file=entry.data_file)
 
 
 def commit(table: Table, plan: Callable[[Table], Change | None], attempts: int = ATTEMPTS,
