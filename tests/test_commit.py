@@ -98,3 +98,37 @@ def test_an_overwrite_equals_pyicebergs_and_keeps_the_manifests_that_lose_nothin
     manifests_after = {m.manifest_path for m in ours.current_snapshot().manifests(ours.io)}
     touched = {"later days, two buckets": 1, "one file of each manifest": 2, "all files": 2}[pick]
     assert len(manifests_before & manifests_after) == 2 - touched  # the manifest that lost nothing is the same file
+
+
+def test_many_added_files_go_into_manifests_of_whole_bucket_ranges_and_an_overwrite_rewrites_only_theirs(settings):
+    from pipeline.table.commit import MANIFEST_FILES
+
+    catalog = open_catalog(settings.warehouse, settings.catalog)
+    table = create_or_load(catalog, ("impressions", "wide"), fact_schema(), fact_spec(16), table_properties(settings))
+    days = range(19_000, 19_000 + (2 * MANIFEST_FILES) // 16 + 1)  # just over 2 x MANIFEST_FILES files
+    written = write_data_files(WriteTarget.of(table), [((d, b), "0" * 24, _rows(d, b, n=2)) for d in days
+                                                       for b in range(16)])
+    table = apply(table, Change(adds=[w.data_file for w in written]))
+
+    def buckets_by_manifest(t):
+        out = {}
+        for m in t.current_snapshot().manifests(t.io):
+            live = [e for e in m.fetch_manifest_entry(t.io, discard_deleted=True)]
+            out[m.manifest_path] = (sorted({int(e.data_file.partition[1]) for e in live}), len(live))
+        return out
+
+    first = buckets_by_manifest(table)
+    assert sorted(b for b, _ in first.values()) == [list(range(8)), list(range(8, 16))]   # 2 groups of whole buckets
+    assert sum(n for _, n in first.values()) == len(written)
+    assert table.scan().to_arrow().num_rows == 2 * len(written)
+
+    files = [t.file for t in table.scan().plan_files()]
+    hit = [f for f in files if int(f.partition[1]) in (2, 3)]
+    new = write_data_files(WriteTarget.of(table), [(_partition(f), "1" * 24, _rows(*_partition(f), n=1)) for f in hit])
+    table = apply(table, Change(adds=[w.data_file for w in new], deletes=hit))
+    after = buckets_by_manifest(table)
+    upper = next(p for p, (b, _) in first.items() if b[0] == 8)
+    assert upper in after and after[upper] == first[upper]          # the buckets 8-15 manifest: the same file
+    rewritten = [v for p, v in after.items() if p not in first and v[0] and v[0] != [2, 3]]
+    assert rewritten == [([0, 1, 4, 5, 6, 7], first[next(p for p, (b, _) in first.items() if b[0] == 0)][1] - len(hit))]
+    assert table.scan().to_arrow().num_rows == 2 * len(written) - 2 * len(hit) + len(hit)

@@ -23,7 +23,8 @@ from pyiceberg.manifest import DataFileContent, ManifestEntry, ManifestEntryStat
 from pyiceberg.table import Table
 from pyiceberg.table.refs import MAIN_BRANCH
 from pyiceberg.table.snapshots import Operation
-from pyiceberg.table.update.snapshot import ManageSnapshots, _OverwriteFiles
+from pyiceberg.table.update.snapshot import ManageSnapshots, _FastAppendFiles, _OverwriteFiles
+from pyiceberg.transforms import BucketTransform
 from pyiceberg.typedef import KeyDefaultDict
 
 
@@ -59,8 +60,7 @@ def apply(table: Table, change: Change) -> Table:
     if change.set_properties:
         tx.set_properties(change.set_properties)
     properties = {k: str(v) for k, v in change.snapshot_properties.items()}
-    with (_Overwrite.of(tx, properties) if change.deletes else
-          tx.update_snapshot(snapshot_properties=properties).fast_append()) as op:
+    with (_Overwrite if change.deletes else _Append).of(tx, properties) as op:
         for df in change.deletes:
             op.delete_data_file(df)
         for df in change.adds:
@@ -71,8 +71,67 @@ def apply(table: Table, change: Change) -> Table:
     return tx.commit_transaction()
 
 
-class _Overwrite(_OverwriteFiles):
-    """pyiceberg's overwrite of named data files (0.12), its work on the parent's manifests done once.
+MANIFEST_FILES = 256  # a commit adding more data files than this writes them into several manifests
+
+
+class _GroupedAdds:
+    """The added files of a commit in several manifests, each holding whole ranges of buckets, once there are more
+    than MANIFEST_FILES of them (pyiceberg writes one manifest for all).
+
+    A later overwrite rewrites every manifest holding a file it replaces, entry by entry: with a backfill's 3,840
+    files in one manifest, an update of 3 campaigns (240 files) rewrote the 3,600 others. Grouped, it rewrites the
+    few manifests holding those buckets. A daily load's few files stay in one manifest, so a table's manifests do
+    not multiply with its loads."""
+
+    def _manifests(self) -> list:
+        added = self._added_data_files
+        groups = _bucket_groups(added, self._transaction.table_metadata.spec())
+        if len(groups) <= 1:
+            return super()._manifests()
+        self._added_data_files = []  # pyiceberg writes the rest (deleted and existing entries) as it does
+        try:
+            rest = super()._manifests()
+        finally:
+            self._added_data_files = added
+        return [self._added_manifest(group) for group in groups] + rest
+
+    def _added_manifest(self, files: list):
+        with self.new_manifest_writer(spec=self._transaction.table_metadata.spec()) as writer:
+            for data_file in files:
+                writer.add(ManifestEntry.from_args(status=ManifestEntryStatus.ADDED, snapshot_id=self._snapshot_id,
+                                                   sequence_number=None, file_sequence_number=None,
+                                                   data_file=data_file))
+        return writer.to_manifest_file()
+
+
+def _bucket_groups(files: list, spec) -> list[list]:
+    """`files` in len(files) // MANIFEST_FILES groups of whole bucket ranges (one group without a bucket field)."""
+    position = next((i for i, f in enumerate(spec.fields) if isinstance(f.transform, BucketTransform)), None)
+    n = len(files) // MANIFEST_FILES
+    if position is None or n <= 1:
+        return [files]
+    buckets = spec.fields[position].transform.num_buckets
+    n = min(n, buckets)
+    groups: list[list] = [[] for _ in range(n)]
+    for data_file in files:
+        bucket = data_file.partition[position]
+        groups[0 if bucket is None else int(bucket) * n // buckets].append(data_file)
+    return [g for g in groups if g]
+
+
+class _Append(_GroupedAdds, _FastAppendFiles):
+    """pyiceberg's fast append (0.12), its added files grouped (`_GroupedAdds`)."""
+
+    @classmethod
+    def of(cls, tx, snapshot_properties: dict) -> "_Append":
+        """What `tx.update_snapshot(...).fast_append()` makes, as this class."""
+        return cls(operation=Operation.APPEND, transaction=tx, io=tx._table.io, branch=MAIN_BRANCH,
+                   snapshot_properties=snapshot_properties)
+
+
+class _Overwrite(_GroupedAdds, _OverwriteFiles):
+    """pyiceberg's overwrite of named data files (0.12), its work on the parent's manifests done once and its
+    added files grouped (`_GroupedAdds`).
 
     pyiceberg finds the deleted files' manifest entries in one pass over the parent's manifests and rewrites the
     manifests that lose some in a second, decoding every entry twice and hashing each kept entry by its `repr`;
