@@ -2,9 +2,9 @@
 
 Mounted at the scheduler's start (distributed's default) they cost the driver ~0.4 s of imports before its first
 worker can start, paid by every command whether or not anyone opens the dashboard (a 1 GB file's cold load:
-7.61 -> 7.19 s, medians of 6 interleaved pairs, with this module). Here the scheduler's HTTP server starts at once with its plain routes
-(JSON, Prometheus, health, the impressions page of report/live.py) and `install` makes `PagesOnDemand` its
-not-found handler: the first request for any other path imports the pages (in a thread, so the scheduler's
+7.61 -> 7.19 s, medians of 6 interleaved pairs, with this module). Here the scheduler's HTTP server starts at once
+with its plain routes (JSON, Prometheus, health, the impressions page of report/live.py) and `install` makes
+`PagesOnDemand` its not-found handler: the first request for any other path imports the pages (in a thread, so the scheduler's
 event loop keeps scheduling), mounts them and redirects to the same address, which they now serve.
 """
 from __future__ import annotations

@@ -75,12 +75,12 @@ def apply(table: Table, change: Change) -> Table:
     return tx.commit_transaction()
 
 
-MANIFEST_FILES = 256  # a commit adding more data files than this writes them into several manifests
+MANIFEST_FILES = 256  # a commit adding N data files writes N // this manifests of them (one below 2 x this)
 
 
 class _GroupedAdds:
-    """The added files of a commit in several manifests, each holding whole ranges of buckets, once there are more
-    than MANIFEST_FILES of them (pyiceberg writes one manifest for all).
+    """The added files of a commit in several manifests, each holding whole ranges of buckets, once there are at
+    least twice MANIFEST_FILES of them (pyiceberg writes one manifest for all).
 
     A later overwrite rewrites every manifest holding a file it replaces, entry by entry: with a backfill's 3,840
     files in one manifest, an update of 3 campaigns (240 files) rewrote the 3,600 others. Grouped, it rewrites the
@@ -168,8 +168,10 @@ class _Overwrite(_GroupedAdds, _OverwriteFiles):
                 self.partition_filters[spec_id] = Or(self.partition_filters[spec_id],
                                                      And(*terms) if len(terms) > 1 else terms[0])
 
+    _kept: dict | None = None  # manifest path -> the entries it keeps, for the manifests that lose some
+
     def _deleted_entries(self) -> list[ManifestEntry]:
-        self._kept: dict = {}  # manifest path -> the entries it keeps, for the manifests that lose some
+        self._kept = {}
         parent = (self._transaction.table_metadata.snapshot_by_id(self._parent_snapshot_id)
                   if self._parent_snapshot_id is not None else None)
         deleted: list[ManifestEntry] = []
@@ -193,7 +195,7 @@ class _Overwrite(_GroupedAdds, _OverwriteFiles):
         head = self._transaction.table_metadata.snapshot_by_name(name=self._target_branch)
         if head is None:
             return []
-        if head.snapshot_id != self._parent_snapshot_id or not hasattr(self, "_kept"):
+        if head.snapshot_id != self._parent_snapshot_id or self._kept is None:
             return super()._existing_manifests()  # not the snapshot the deletes were found in: pyiceberg's way
         out = []
         for manifest in head.manifests(io=self._io):
