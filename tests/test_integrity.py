@@ -409,6 +409,49 @@ def test_viewing_percentage_is_dictionary_encoded_only_where_that_pays(tmp_path,
     assert pq.read_table(path)["viewing_percentage"].to_numpy().tolist() == vp.tolist()
 
 
+@pytest.mark.parametrize("typed, distinct, encoded", [
+    ("dictionary", 5_000, False), ("dictionary", 2_600, False), ("dictionary", 2_400, True), ("dictionary", 40, True),
+    ("plain", 5_000, False), ("plain", 1_000, False), ("plain", 100, True), ("plain", 40, True)])
+def test_text_is_dictionary_encoded_only_where_its_values_repeat(tmp_path, typed, distinct, encoded):
+    """A backfill's small files hold mostly distinct video ids: a dictionary of them costs time and bytes, so a
+    file stores a text column as a dictionary only where its values repeat twice or more on average: exactly so
+    for a dictionary column (5,000 rows: 2,400 distinct values repeat, 2,600 do not), judged from the first 256
+    values of a plain one (1,000 values spread over 5,000 rows look distinct there, 100 repeat). Either way
+    every engine reads back the same strings."""
+    import numpy as np
+    import pyarrow.parquet as pq
+    from datetime import date
+
+    from pipeline.table.catalog import create_or_load, table_properties
+    from pipeline.table.schema import fact_schema, fact_spec
+    from pipeline.table.write import WriteTarget, write_data_files
+
+    settings = load_settings(warehouse=str(tmp_path / "wh"))
+    t = create_or_load(open_catalog(settings.warehouse, None), ("impressions", "fact"), fact_schema(), fact_spec(8),
+                       table_properties(settings))
+    rows = 5_000
+    order = np.random.default_rng(5).permutation(rows)  # distinct values spread over the file, not in runs
+    videos = pa.array([f"video_{i % distinct:05d}" for i in order])
+    if typed == "dictionary":  # with unused values too, as a share's dictionary holds its read's whole column
+        videos = pa.DictionaryArray.from_arrays(
+            pa.array(order % distinct, pa.int32()), pa.array([f"video_{i:05d}" for i in range(rows * 2)]))
+    table = pa.table({"ad_date": pa.array([date(2019, 1, 1)] * rows, pa.date32()),
+                      "impression_id": pa.array(range(rows), pa.int64()),
+                      "campaign_id": pa.array([f"campaign_{i % 7}" for i in range(rows)]).dictionary_encode(),
+                      "video_id": videos,
+                      "viewing_percentage": pa.array(np.linspace(0, 1, rows))})
+    [written] = write_data_files(WriteTarget.of(t), [((date(2019, 1, 1), 3), "a" * 24, table)])
+    path = written.data_file.file_path.removeprefix("file://")
+    group = pq.ParquetFile(path).metadata.row_group(0)
+    assert [group.column(i).path_in_schema for i in (0, 2, 3)] == ["ad_date", "campaign_id", "video_id"]
+    assert group.column(3).has_dictionary_page is encoded, group.column(3).encodings
+    assert group.column(0).has_dictionary_page and group.column(2).has_dictionary_page  # one date, 7 campaigns
+    expected = [f"video_{i % distinct:05d}" for i in order]
+    assert pq.read_table(path)["video_id"].to_pylist() == expected
+    got = duckdb_connection().execute("SELECT video_id FROM read_parquet(?)", [path]).fetchall()
+    assert [v for (v,) in got] == expected
+
+
 def test_data_files_land_where_pyiceberg_puts_them_and_take_each_column_in_the_tables_type(tmp_path):
     """The writer derives a partition's directory itself (once per write, not once per file) and conforms rows
     to the table's columns once per input schema: the directory is pyiceberg's `PartitionKey.to_path` for

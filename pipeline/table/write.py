@@ -15,6 +15,7 @@ from urllib.parse import quote_plus
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 from pyiceberg.io import load_file_io
 from pyiceberg.io.pyarrow import (_get_parquet_writer_kwargs, compute_statistics_plan,
                                   data_file_statistics_from_parquet_metadata, parquet_path_to_id_mapping,
@@ -88,8 +89,8 @@ def write_data_files(target: WriteTarget, groups: list[tuple[tuple, str, pa.Tabl
 
     What pyiceberg's own writer does (field ids, Iceberg column statistics, the table's location provider and
     Parquet properties), minus its per-row re-derivation of the partition, and with dictionary encoding only
-    where values repeat: strings and dates always, viewing_percentage where a file's values do (`_repeats`);
-    dictionaries of unique ids cost time and save nothing. The file's name carries the source
+    where a file's values repeat (strings and dates: `_repeats_text`; viewing_percentage: `_repeats`):
+    dictionaries of unique values cost time and save nothing. The file's name carries the source
     fingerprint and its footer the rows' moments (lineage.py), so both survive any maintenance that keeps the file.
     """
     from concurrent.futures import ThreadPoolExecutor
@@ -98,11 +99,18 @@ def write_data_files(target: WriteTarget, groups: list[tuple[tuple, str, pa.Tabl
     schema = metadata.schema()
     arrow_schema = _plain_types(schema_to_pyarrow(schema, include_field_ids=True))
     options = parquet_options(metadata.properties)
-    options["use_dictionary"] = [f.name for f in arrow_schema if pa.types.is_string(f.type)
-                                 or pa.types.is_date(f.type)]
     # ids and offsets: delta-encoded, which is both smaller and cheaper to compress than plain (ids grow)
     options["column_encoding"] = {f.name: "DELTA_BINARY_PACKED" for f in arrow_schema if pa.types.is_int64(f.type)}
-    repeated = {**options, "use_dictionary": [*options["use_dictionary"], "viewing_percentage"]}
+    texts = [f.name for f in arrow_schema if pa.types.is_string(f.type) or pa.types.is_date(f.type)]
+
+    def options_for(table: pa.Table) -> dict:
+        """The Parquet options of a file whose first row group is `table`: a dictionary for the columns whose
+        values repeat in it (`_repeats_text`, `_repeats`)."""
+        dictionary = [name for name in texts if name in table.column_names and _repeats_text(table[name])]
+        if _repeats(table, "viewing_percentage"):
+            dictionary.append("viewing_percentage")
+        return {**options, "use_dictionary": dictionary}
+
     row_group = int(metadata.properties.get("write.parquet.row-group-limit", 1048576))
     target_size = file_size or int(metadata.properties.get("write.target-file-size-bytes", 512 * 1024 * 1024))
     numbers = itertools.count()  # of the files this call writes (threads take them in turn)
@@ -123,7 +131,7 @@ def write_data_files(target: WriteTarget, groups: list[tuple[tuple, str, pa.Tabl
             if file is None:
                 path = locations.new_data_location(data_file_name=file_name(source, write_id, next(numbers)),
                                                    partition_key=paths.of(key))
-                file = _File(path, table.schema, repeated if _repeats(table, "viewing_percentage") else options)
+                file = _File(path, table.schema, options_for(table))
             file.write(table, row_group)
             if file.size() >= target_size:  # the table's write.target-file-size-bytes: the next rows, a new file
                 out.append(finish(file, key, source))
@@ -229,6 +237,24 @@ def _repeats(table: pa.Table, name: str) -> bool:
         return False
     values = table[name].slice(0, 1024).to_numpy() * GRID
     return bool(np.all(np.abs(values - np.round(values)) < 1e-6))
+
+
+TEXT_SAMPLE = 256  # values a plain text column's repeats are judged on: ~0.02 ms (4,096 cost ~0.26 ms a file)
+
+
+def _repeats_text(col: pa.ChunkedArray) -> bool:
+    """Whether a string or date column should be dictionary-encoded in a file: when its values repeat, on average
+    twice or more. A dictionary column holding only the values its rows use (`only_used_values`, no nulls) says
+    it exactly, and the writer stores its codes as they are; a plain one is judged from its first values. A
+    held-out-style backfill's ~4,600-row files hold 91 % distinct video ids: dictionary-encoding them cost
+    1.06 ms a file instead of 0.77, for files 8 % larger (200 of its files, measured)."""
+    arr = col.chunk(0) if col.num_chunks == 1 else col
+    if isinstance(arr, pa.DictionaryArray) and arr.null_count == 0:
+        return 2 * len(arr.dictionary) <= len(arr)
+    sample = col.slice(0, TEXT_SAMPLE)
+    if isinstance(sample.type, pa.DictionaryType):
+        sample = pa.chunked_array([c.indices for c in sample.chunks], sample.type.index_type)
+    return 2 * pc.count_distinct(sample, mode="all").as_py() <= len(sample)
 
 
 def _row_groups(rows, size: int):
