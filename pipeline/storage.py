@@ -33,6 +33,7 @@ import functools
 import os
 import random
 import re
+import shutil
 import time
 from dataclasses import dataclass
 
@@ -628,6 +629,18 @@ def write_local(url: str, data) -> None:
         os.makedirs(folder, exist_ok=True)
     with open(path, "wb") as f:
         f.write(data)
+
+
+def link_local(src: str, dst: str) -> None:
+    """A second name for a local file (paths or file:// URLs), its directory created: a hard link, or a copy
+    where the filesystem refuses one (another device, no links). For immutable data files only: both names
+    are the same bytes until one is deleted."""
+    src, dst = local_path(src), local_path(dst)
+    os.makedirs(os.path.dirname(dst), exist_ok=True)
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copyfile(src, dst)
 
 
 def object_metadata(url: str) -> dict[str, str]:

@@ -136,6 +136,33 @@ def test_update_into_another_table_copies_the_rest(client, settings, data, joine
         target.current_snapshot().snapshot_id
 
 
+def test_an_update_into_another_local_table_links_the_files_it_keeps(client, settings, data, joined, tmp_path):
+    """On a local disk the unaffected files get a second name (a hard link) in the target's location instead of
+    a byte copy: the same bytes, yet each table's own file — the source reads the same after every file the
+    target linked is deleted (as cleaning up the target would)."""
+    import os
+
+    record = update(client, settings, data["campaigns_updated"], "FACT_JOINED", "FACT_LINKED")
+    assert record["status"] == "SUCCEEDED" and record["files_copied"] > 0
+    catalog = catalog_of(settings)
+    source = load_table(catalog, table_name("FACT_JOINED"))
+    target = load_table(catalog, table_name("FACT_LINKED"))
+    by_name = {f.rsplit("/", 1)[1]: f.removeprefix("file://") for f in files_of(source)}
+    copied = [f.removeprefix("file://") for f in files_of(target) if "/copied-" in f]
+    assert len(copied) == record["files_copied"]
+    for path in copied:
+        original = by_name[path.rsplit("/", 1)[1]]
+        assert os.stat(path).st_ino == os.stat(original).st_ino and os.stat(path).st_nlink == 2
+    dim = {**read_dim(data["campaigns"]), **read_dim(data["campaigns_updated"])}
+    check_attributes(target, impressions_per_campaign(data["impressions"]), dim)
+    before = source.scan().to_arrow().sort_by("impression_id")
+    for path in copied:
+        os.remove(path)
+    after = load_table(catalog, table_name("FACT_JOINED")).scan().to_arrow().sort_by("impression_id")
+    assert after.num_rows > 0 and after.equals(before)
+    assert all(os.stat(by_name[p.rsplit("/", 1)[1]]).st_nlink == 1 for p in copied)
+
+
 def test_dry_run_commits_nothing(client, settings, data, joined, capsys):
     catalog = catalog_of(settings)
     snap = load_table(catalog, table_name("FACT_JOINED")).current_snapshot().snapshot_id
