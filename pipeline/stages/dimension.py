@@ -10,6 +10,7 @@ import hashlib
 import io
 import json
 from dataclasses import dataclass
+from functools import cached_property
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -35,9 +36,10 @@ class Dimension:
     def attributes(self) -> list[str]:
         return [c for c in self.rows.column_names if c not in self.keys]
 
-    @property
+    @cached_property
     def fingerprint(self) -> str:
-        """Of the content (rows in key order, columns and types), not of the file it came from."""
+        """Of the content (rows in key order, columns and types), not of the file it came from. Worked out once
+        per version (its rows never change): an update asks for it several times, ~0.2 s each for 3,000 rows."""
         rows = sorted(self.rows.to_pylist(), key=lambda r: [str(r[k]) for k in self.keys])
         raw = json.dumps([str(self.rows.schema), rows], default=str, sort_keys=True).encode()
         return hashlib.sha256(raw).hexdigest()[:24]
