@@ -208,7 +208,7 @@ class ChildNode:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        nannies = [_Nanny(self.scheduler_address, nthreads=s.worker_threads, name=name,
+        nannies = [Nanny(self.scheduler_address, nthreads=s.worker_threads, name=name,
                          death_timeout=s.death_timeout, silence_logs=self._silence)
                    for name in self.worker_names()]
         self._connected, all_in = 0, asyncio.Event()
@@ -229,13 +229,10 @@ class ChildNode:
         if stopped in done:
             say(f"impressions {self.node.label}: stopped by a signal; the workers are closed")
             return 0
-        if not self._connected and not any(n.answered for n in nannies):
+        if not self._connected:
             say(f"impressions node: no scheduler at {self.scheduler_address} within node.death-timeout "
                 f"({s.death_timeout:.0f}s)")
             return 1
-        if not self._connected:  # it answered, then closed while the worker processes were starting
-            say(f"impressions {self.node.label}: the scheduler closed while the workers started; they are closed")
-            return 0
         say(f"impressions {self.node.label}: the scheduler closed or went away; the workers are closed")
         return 0
 
@@ -249,18 +246,6 @@ class ChildNode:
         if self._connected == total:
             all_in.set()
         await nanny.finished()
-
-
-class _Nanny(Nanny):
-    """A nanny that remembers whether the scheduler answered its registration: a nanny starts its worker
-    process only then, so a start that failed after it met a scheduler that closed meanwhile (the main node
-    stopped while the job waited for its nodes), not a scheduler that never came."""
-
-    answered = False
-
-    async def instantiate(self):
-        self.answered = True
-        return await super().instantiate()
 
 
 async def _close_all(nannies: list[Nanny]) -> None:
