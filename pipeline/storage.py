@@ -639,6 +639,8 @@ def link_local(src: str, dst: str) -> None:
     os.makedirs(os.path.dirname(dst), exist_ok=True)
     try:
         os.link(src, dst)
+    except FileExistsError:
+        raise  # never write over another file's bytes
     except OSError:
         shutil.copyfile(src, dst)
 

@@ -60,8 +60,7 @@ def test_a_share_holds_exactly_its_owners_partitions(day_step):
         for k, a, b in zip(keys.tolist(), starts[:-1].tolist(), starts[1:].tolist()):
             group = restore(part.slice(a, b - a), k, 16)
             assert set(partition_keys(group, 16).tolist()) == {k}
-            # made whole again: the same rows in the parsed columns and types (codes maybe narrower)
-            assert group.cast(rows.schema).equals(rows.take(group["impression_id"]))
+            assert group.equals(rows.take(group["impression_id"]))  # made whole again: the same rows, the same types
             ids = group["impression_id"].to_pylist()
             assert ids == sorted(ids) and all(expected[i] == k for i in ids)
             seen += ids
@@ -173,3 +172,41 @@ def test_regrouped_shares_hold_each_groups_rows_in_arrival_order(run_rows, video
         pa.types.is_large_string(merged.rows.schema.field("video_id").type)
     if decoded:
         assert pa.types.is_large_string(merged.rows.schema.field("video_id").type) is large_text
+
+
+def test_a_group_from_a_spill_and_memory_takes_more_values_than_16_bit_codes_hold(settings, tmp_path):
+    """Each piece of a group (a spill, then memory) carries 16-bit codes for its own 20,000 video ids; together
+    they hold 40,000, more than 16 bits can number: the group is still written whole, as one file."""
+    import pyarrow as pa
+    from datetime import date
+
+    from pipeline.schema import PARSED_SCHEMA
+    from pipeline.stages.accumulate import Accumulator, Share, narrow, partition_keys
+    from pipeline.table.catalog import create_or_load, open_catalog, table_properties
+    from pipeline.table.schema import fact_schema, fact_spec
+    from pipeline.table.write import WriteTarget
+
+    t = create_or_load(open_catalog(str(tmp_path / "wh"), None), ("impressions", "fact"), fact_schema(),
+                       fact_spec(8), table_properties(settings))
+
+    def share(prefix: str, base: int, n: int = 20_000) -> Share:
+        rows = pa.table({"ad_date": pa.array([date(2019, 1, 1)] * n, pa.date32()),
+                         "impression_id": pa.array(range(base, base + n), pa.int64()),
+                         "campaign_id": pa.array(["c1"] * n).dictionary_encode(),
+                         "video_id": pa.array([f"{prefix}{i}" for i in range(n)]).dictionary_encode(),
+                         "viewing_percentage": pa.array(np.full(n, 0.5))}, schema=PARSED_SCHEMA)
+        narrowed = narrow(rows)
+        assert narrowed.schema.field("video_id").type.index_type == pa.int16()
+        return Share(narrowed, partition_keys(rows, 8)[:1], np.array([0, n]))
+
+    acc = Accumulator("L", WriteTarget.of(t), WriteTarget.of(t), 8)
+    acc.add_part("r0@0", "s" * 24, share("a", 0), None)
+    acc.flush()  # the first piece goes to a spill
+    acc.add_part("r1@0", "s" * 24, share("b", 20_000), None)
+    [written] = acc.finish()["files"]
+    assert written.data_file.record_count == 40_000
+    import pyarrow.parquet as pq
+
+    back = pq.read_table(written.data_file.file_path.removeprefix("file://"))
+    assert sorted(back["video_id"].to_pylist()) == sorted([f"a{i}" for i in range(20_000)] +
+                                                          [f"b{i}" for i in range(20_000)])

@@ -154,3 +154,21 @@ def test_cleanup_lists_by_default_and_never_touches_live_files(client, settings,
     assert json.loads(proc.stdout.splitlines()[-1])["deleted"] is True
     assert not os.path.exists(orphan) and os.path.exists(fresh)
     assert table_stats(client, settings, "FACT", recount=True)["recount_matches"]
+
+
+def test_a_freshly_linked_old_file_counts_as_new_to_cleanup(tmp_path):
+    """A hard link (an update into another local table links the files it keeps) keeps its source's old mtime;
+    cleanup's age guard, which spares files a load is about to commit, goes by the link's own time."""
+    import fsspec
+
+    from pipeline.storage import link_local
+    from pipeline.table.maintenance import _modified
+
+    old = tmp_path / "old.parquet"
+    old.write_bytes(b"x")
+    five_days_ago = time.time() - 5 * 86400
+    os.utime(old, (five_days_ago, five_days_ago))
+    link_local(str(old), str(tmp_path / "t" / "linked.parquet"))
+    info = fsspec.filesystem("file").info(str(tmp_path / "t" / "linked.parquet"))
+    assert info["mtime"] < time.time() - 86400  # the shared inode's mtime is the source's
+    assert _modified(info) > time.time() - 60

@@ -75,6 +75,11 @@ def delete(paths: list[str]) -> None:
 
 
 def _modified(info: dict) -> float | None:
+    """When a file last changed; for a local file with several names, when it last got one: a hard link
+    (update.py links the files it keeps) keeps its source's old mtime but sets the inode's change time, which
+    fsspec gives as `created`."""
+    if int(info.get("nlink") or 1) > 1 and "mtime" in info and "created" in info:
+        return max(float(info["mtime"]), float(info["created"]))
     value = info.get("mtime", info.get("LastModified", info.get("last_modified")))
     if isinstance(value, datetime):
         return (value if value.tzinfo else value.replace(tzinfo=timezone.utc)).timestamp()

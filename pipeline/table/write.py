@@ -171,8 +171,8 @@ class _FileStatistics:
     """A data file's Iceberg metrics from its Parquet footer: what pyiceberg's
     `data_file_statistics_from_parquet_metadata(...).to_serialized_dict()` gives (counts, bounds under the table's
     metrics modes, split offsets), with what pyiceberg derives again for every file (the metrics modes, a
-    statistics aggregator, truncation and serializer objects per column) worked out once per write (with the
-    spill and restore cuts, a backfill owner's hand-over went from 1.66-1.75 to 1.50-1.56 ms of CPU a file).
+    statistics aggregator, truncation and serializer objects per column) worked out once per write (README,
+    Performance, "Per-file cuts").
     A schema with decimals (their raw statistics need unscaling) takes pyiceberg's own function."""
 
     NONE, COUNTS, BOUNDS = range(3)
