@@ -39,7 +39,8 @@ class Dimension:
     @cached_property
     def fingerprint(self) -> str:
         """Of the content (rows in key order, columns and types), not of the file it came from. Worked out once
-        per version (its rows never change): an update asks for it several times, ~0.2 s each for 3,000 rows."""
+        per version (its rows never change): an update asks for it several times, which py-spy put at 0.7 s of
+        one update's driver CPU for a 3,000-row dimension."""
         rows = sorted(self.rows.to_pylist(), key=lambda r: [str(r[k]) for k in self.keys])
         raw = json.dumps([str(self.rows.schema), rows], default=str, sort_keys=True).encode()
         return hashlib.sha256(raw).hexdigest()[:24]

@@ -215,8 +215,8 @@ def _copy_files(source, target, files) -> list:
     """Copy unaffected data files into the target's location; same partition and stats. On S3 a server-side
     copy; on a local disk a hard link where the filesystem allows one (else a copy): data files are never
     changed in place, so two names of the same bytes are two independent files to each table — deleting one
-    (expire, cleanup) leaves the other — and the first update into a new table of a held-out-style backfill no
-    longer copies 3,600 files byte by byte (~2.6 s of its 6.3 s)."""
+    (expire, cleanup) leaves the other. The first update into a new table of a held-out-style backfill (3,600
+    files kept) took 6.2 and 8.5 s with byte copies, 4.7 and 6.0 s with links."""
     if not files:
         return []
     fs, _ = filesystem(files[0].file_path)
